@@ -1,0 +1,5 @@
+import sys
+
+from squishy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Real backends: execution slots that run the plan's sessions in duty cycles over real executors."""
