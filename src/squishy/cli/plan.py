@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
+from squishy.errors import WorkloadError
 from squishy.profiles import read_structured
 from squishy.scheduler import POLICIES, Plan, make_plan
 from squishy.scheduler.replan import replan
@@ -29,15 +31,16 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded = load_workload(args.workload)
     moved: list[str] | None = None
-    if args.previous:
-        from pathlib import Path
-
-        previous = Plan.from_dict(read_structured(Path(args.previous)))
-        result = replan(previous, loaded.workload, loaded.profiles)
-        plan = result.plan
-        moved = [str(k) for k in result.moved]
-    else:
-        plan = make_plan(loaded.workload, loaded.profiles, policy=args.policy)
+    try:
+        if args.previous:
+            previous = Plan.from_dict(read_structured(Path(args.previous)))
+            result = replan(previous, loaded.workload, loaded.profiles)
+            plan = result.plan
+            moved = [str(k) for k in result.moved]
+        else:
+            plan = make_plan(loaded.workload, loaded.profiles, policy=args.policy)
+    except WorkloadError as exc:
+        raise WorkloadError(f"{loaded.path}: {exc}") from None
     if args.json:
         data = plan.to_dict()
         if moved is not None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from squishy.scheduler.demand import Demand, saturating_batch
-from squishy.scheduler.packing import RESIDUAL_EPSILON, Slot
+from squishy.scheduler.packing import RESIDUAL_EPSILON, Share, Slot
 
 
 def batch_oblivious_nodes(demands: Sequence[Demand], memory_mb: float | None) -> list[tuple[list[Slot], float]]:
@@ -29,10 +29,10 @@ def batch_oblivious_nodes(demands: Sequence[Demand], memory_mb: float | None) ->
         share = demand.rate / throughput
         full = math.floor(share + RESIDUAL_EPSILON)
         for _ in range(full):
-            whole.append(([Slot(demand, throughput, batch, latency)], 1.0))
+            whole.append(([Slot(Share(demand, throughput), batch, latency)], 1.0))
         rest = share - full
         if rest > RESIDUAL_EPSILON:
-            pieces.append((rest, Slot(demand, rest * throughput, batch, latency)))
+            pieces.append((rest, Slot(Share(demand, rest * throughput), batch, latency)))
     bins: list[tuple[list[Slot], float]] = []
     for share, slot in sorted(pieces, key=lambda p: -p[0]):
         memory = slot.demand.profile.memory(slot.batch)

@@ -21,8 +21,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from squishy.profiles import Profile
-from squishy.scheduler.demand import EPS_MS, Demand, build_demands, saturating_batch
-from squishy.scheduler.packing import Node, Slot, best_fit, fit_at, merge, pack, residual_node, saturate
+from squishy.scheduler.demand import Demand, build_demands, saturating_batch
+from squishy.scheduler.packing import (
+    Node,
+    Share,
+    Slot,
+    best_fit,
+    fit_at,
+    longest_cycle_node,
+    merge,
+    pack,
+    residual_node,
+    saturate,
+)
 from squishy.scheduler.plan import Plan
 from squishy.scheduler.planner import assemble, node_backend
 from squishy.scheduler.workload import SessionKey, Workload
@@ -56,18 +67,19 @@ def replan(previous: Plan, workload: Workload, profiles: Mapping[str, Profile]) 
     by_key = {d.key: d for d in demands}
     next_id = max((b.backend_id for b in previous.backends), default=-1) + 1
 
-    # The previous plan's backends, as nodes over the new demands; sessions that left are dropped.
+    # The previous plan's backends over the new demands; sessions that left are dropped. Shared
+    # backends keep their cycle and (for now) their old rates: they are re-sized below.
     full: dict[SessionKey, list[int]] = defaultdict(list)  # session → backends it saturates
     shared: dict[int, _Backend] = {}  # backends running residuals
     for backend in previous.backends:
         if backend.duty_cycle_ms is None:
             continue  # a baseline plan's backends carry no duty cycle to keep
-        slots = [Slot(by_key[a.key], a.rate, a.batch, a.latency_ms) for a in backend.allocations if a.key in by_key]
-        if not slots:
-            continue
+        slots = tuple(
+            Slot(Share(by_key[a.key], a.rate), a.batch, a.latency_ms) for a in backend.allocations if a.key in by_key
+        )
         if len(slots) == 1 and _is_full(slots[0], memory):
             full[slots[0].demand.key].append(backend.backend_id)
-        else:
+        elif slots:
             shared[backend.backend_id] = _Backend(backend.backend_id, Node(backend.duty_cycle_ms, slots))
 
     kept_full: list[_Backend] = []
@@ -77,50 +89,48 @@ def replan(previous: Plan, workload: Workload, profiles: Mapping[str, Profile]) 
         count, full_node, residual = saturate(demand, memory)
         owned = full[demand.key]
         spare = owned[count:]
-        for backend_id in owned[:count]:
-            kept_full.append(_Backend(backend_id, _copy(full_node)))
+        kept_full.extend(_Backend(backend_id, _required(full_node)) for backend_id in owned[:count])
         missing = count - min(count, len(owned))
         # Take over backends where this session already runs alone instead of opening new ones.
         for backend in [b for b in shared.values() if b.keys == {demand.key}]:
             if missing == 0:
                 break
             del shared[backend.backend_id]
-            kept_full.append(_Backend(backend.backend_id, _copy(full_node)))
+            kept_full.append(_Backend(backend.backend_id, _required(full_node)))
             missing -= 1
         for _ in range(missing):
-            kept_full.append(_Backend(next_id, _copy(full_node)))
+            kept_full.append(_Backend(next_id, _required(full_node)))
             next_id += 1
             moved.add(demand.key)
-        # The residual: stay on one shared backend (the first found), leave the others.
+        # The residual stays on one shared backend (the first found) and leaves the others.
         homes = [b for b in shared.values() if demand.key in b.keys]
         for index, backend in enumerate(homes):
             keep = residual > 0 and index == 0
-            backend.node.slots = [
-                Slot(s.demand, residual, s.batch, s.latency_ms) if s.demand.key == demand.key else s
+            slots = tuple(
+                Slot(Share(demand, residual), s.batch, s.latency_ms) if s.demand.key == demand.key else s
                 for s in backend.node.slots
                 if s.demand.key != demand.key or keep
-            ]
+            )
+            backend.node = Node(backend.node.duty_cycle_ms, slots)
         if residual > 0 and not homes:
-            if spare:
+            node = residual_node(Share(demand, residual), memory)
+            if spare:  # a whole backend it no longer needs takes the residual: no move
                 backend_id = spare.pop(0)
-                shared[backend_id] = _Backend(backend_id, residual_node(demand, residual, memory))
+                shared[backend_id] = _Backend(backend_id, node)
             else:
-                pending.append(residual_node(demand, residual, memory))
+                pending.append(node)
                 moved.add(demand.key)
 
     # Re-size every shared backend for its new rates; evict until it fits.
     for backend_id in list(shared):
-        node = shared[backend_id].node
-        if not node.slots:
-            del shared[backend_id]
-            continue
-        fitted, evicted = _refit(node, memory)
-        shared[backend_id].node = fitted
+        fitted, evicted = _refit(shared[backend_id].node, memory)
         for slot in evicted:
-            pending.append(residual_node(slot.demand, slot.rate, memory))
+            pending.append(residual_node(slot.share, memory))
             moved.add(slot.demand.key)
-        if not fitted.slots:
+        if fitted is None:
             del shared[backend_id]
+        else:
+            shared[backend_id].node = fitted
 
     # Re-pack what has no home, into the shared backends or new ones.
     ids = list(shared)
@@ -134,18 +144,14 @@ def replan(previous: Plan, workload: Workload, profiles: Mapping[str, Profile]) 
             shared[next_id] = _Backend(next_id, node)
             next_id += 1
 
-    backends = kept_full + list(shared.values())
-    backends = _consolidate(backends, demands, memory, moved)
-
+    backends = _consolidate(kept_full + list(shared.values()), demands, memory, moved)
     backends.sort(key=lambda b: b.backend_id)
     plan_backends = [node_backend(b.backend_id, b.node) for b in backends]
     plan = assemble(plan_backends, demands, memory, policy="squishy", query_slo_split=split, idle=idle)
     old_ids = {b.backend_id for b in previous.backends}
     new_ids = {b.backend_id for b in backends}
     old_pairs = {(b.backend_id, a.key) for b, a in previous.allocations()}
-    for backend, allocation in plan.allocations():
-        if (backend.backend_id, allocation.key) not in old_pairs:
-            moved.add(allocation.key)
+    moved.update(a.key for b, a in plan.allocations() if (b.backend_id, a.key) not in old_pairs)
     return ReplanResult(
         plan=plan,
         moved=tuple(sorted(moved)),
@@ -160,13 +166,13 @@ def _is_full(slot: Slot, memory_mb: float | None) -> bool:
     return batch is not None and slot.rate >= demand.profile.throughput(batch) * (1 - 1e-6)
 
 
-def _copy(node: Node | None) -> Node:
+def _required(node: Node | None) -> Node:
     assert node is not None
-    return Node(node.duty_cycle_ms, list(node.slots))
+    return node
 
 
-def _refit(node: Node, memory_mb: float | None) -> tuple[Node, list[Slot]]:
-    """The node re-sized for its slots' new rates, and the slots it had to evict to stay valid."""
+def _refit(node: Node, memory_mb: float | None) -> tuple[Node | None, list[Slot]]:
+    """The node re-sized for its slots' new rates (None if it empties), and the slots it evicted."""
     slots = list(node.slots)
     evicted: list[Slot] = []
     while slots:
@@ -176,27 +182,21 @@ def _refit(node: Node, memory_mb: float | None) -> tuple[Node, list[Slot]]:
         # Evict the cheapest slot whose leaving makes the rest fit; else the busiest, and try again.
         for slot in sorted(slots, key=lambda s: s.latency_ms):
             rest = [s for s in slots if s is not slot]
-            fitted = _fit_any_cycle(rest, node.duty_cycle_ms, memory_mb) if rest else Node(node.duty_cycle_ms)
-            if fitted is not None:
+            fitted = _fit_any_cycle(rest, node.duty_cycle_ms, memory_mb) if rest else None
+            if fitted is not None or not rest:
                 return fitted, [*evicted, slot]
         busiest = max(slots, key=lambda s: s.rate * s.latency_ms / s.batch)
         slots.remove(busiest)
         evicted.append(busiest)
-    return Node(node.duty_cycle_ms), evicted
+    return None, evicted
 
 
 def _fit_any_cycle(slots: list[Slot], cycle_ms: float, memory_mb: float | None) -> Node | None:
-    """The slots at their current cycle, or at the cycle a fresh merge of them would pick."""
-    shares = [(s.demand, s.rate) for s in slots]
-    if len(slots) == 1:
-        return residual_node(slots[0].demand, slots[0].rate, memory_mb)
-    fitted = fit_at(shares, cycle_ms, memory_mb)
-    if fitted is not None:
-        return fitted
-    cycle = min(residual_node(d, r, memory_mb).duty_cycle_ms for d, r in shares)
-    if abs(cycle - cycle_ms) > EPS_MS:
-        return fit_at(shares, cycle, memory_mb)
-    return None
+    """The slots at their current cycle, or at the longest cycle that runs them all."""
+    shares = [s.share for s in slots]
+    if len(shares) == 1:
+        return residual_node(shares[0], memory_mb)
+    return fit_at(shares, cycle_ms, memory_mb) or longest_cycle_node(shares, memory_mb)
 
 
 def _consolidate(
