@@ -172,7 +172,12 @@ class ModelStatistics:
 
 
 class ModelService(Protocol):
-    """What the frontend needs from the serving core."""
+    """What the frontend needs from the serving core.
+
+    The frontend calls the synchronous methods on its event loop: they must be cheap lookups. ``infer``
+    is never cancelled by the frontend (a client that goes away just has its answer dropped), so it
+    need not be cancel-safe; it raises UnavailableError at once when a deadline cannot be met.
+    """
 
     def is_live(self) -> bool: ...
 

@@ -1,0 +1,360 @@
+"""Prometheus metrics: Triton's names (so existing dashboards work) plus squishy's SLO and plan view.
+
+One ``ServerMetrics`` per server, over its own ``CollectorRegistry``. The serving core reports what
+happens through the ``record_*`` / ``set_*`` methods, which are thread-safe and cheap (a dict lookup
+and a few locked additions), so worker threads may call them per batch and per request. The frontend
+serves ``exposition()`` on ``GET /metrics`` (port 8002 by default).
+
+Who records what:
+
+- the serving core calls ``record_request`` once for every request it accepted (outcome ``met``,
+  ``late``, ``dropped`` or ``failed``), ``record_batch`` once per executed batch, ``set_pending`` when
+  its queues change, and the control loop calls ``set_plan`` / ``set_session_rates`` each epoch;
+- the frontend calls ``record_request(..., "failed", reason="OTHER")`` only for requests it rejected
+  before handing them to the core (bad input for a known model), so nothing is counted twice.
+
+Metric families (labels in braces):
+
+Triton-compatible (counters are cumulative, durations in microseconds, exactly Triton's names without a
+``_total`` suffix):
+  ``nv_inference_request_success{model,version}``  requests that completed (met or late)
+  ``nv_inference_request_failure{model,version,reason}``  reason: REJECTED (dropped: could not meet its
+      deadline), BACKEND (the executor failed), CANCELED, OTHER (e.g. invalid input)
+  ``nv_inference_count{model,version}``  inputs inferred (a batch of 8 counts 8)
+  ``nv_inference_exec_count{model,version}``  batches executed
+  ``nv_inference_pending_request_count{model,version}``  (gauge) requests queued, not yet executing
+  ``nv_inference_request_duration_us{model,version}``  end-to-end time of successful requests
+  ``nv_inference_queue_duration_us{model,version}``  time requests waited in queues
+  ``nv_inference_compute_infer_duration_us{model,version}``  compute time, charged to every request of a
+      batch as Triton does
+squishy's own:
+  ``squishy_slo_met_total``, ``squishy_slo_late_total``, ``squishy_dropped_total`` ``{model,version}``
+  ``squishy_request_latency_ms{model,version}``  histogram of end-to-end latency of completed requests
+  ``squishy_batch_size{model,version}``  histogram of executed batch sizes
+  ``squishy_plan_backends``  backends in the current plan
+  ``squishy_plan_duty_cycle_ms{backend}``, ``squishy_plan_occupancy{backend}``
+  ``squishy_plan_batch{model,version,slo_ms,backend}``  batch size the plan gives a session on a backend
+  ``squishy_plan_rate{model,version,slo_ms}``  requests/s the plan provisions for a session
+  ``squishy_session_rate{model,version,slo_ms}``  measured requests/s of a session
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from squishy.scheduler.plan import Plan
+    from squishy.scheduler.workload import SessionKey
+
+Outcome = Literal["met", "late", "dropped", "failed"]
+
+# End-to-end latency buckets (ms): dense around the 1–1000 ms SLOs squishy schedules for, so the share
+# of requests under any SLO in that range can be read off a histogram_quantile/bucket ratio.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150, 200, 250, 300, 400, 500, 600,
+    750, 1000, 1500, 2000, 5000,
+)  # fmt: skip
+# Batch sizes: every power of two and the midpoints between them, up to the largest batches profiled.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _PlainCounters(Collector):
+    """Counters exposed under their exact names (prometheus_client would append ``_total``).
+
+    Families are yielded as ``unknown`` (text format: ``untyped``); ``ServerMetrics.exposition`` then
+    declares them ``counter`` as Triton does.
+    """
+
+    def __init__(self, families: Mapping[str, tuple[str, tuple[str, ...]]]) -> None:
+        self._families = dict(families)  # name → (help, label names)
+        self._values: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in families}
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, labels: tuple[str, ...], amount: float) -> None:
+        with self._lock:
+            series = self._values[name]
+            series[labels] = series.get(labels, 0.0) + amount
+
+    def ensure(self, name: str, labels: tuple[str, ...]) -> None:
+        """Expose a series at 0 before its first event, so rate() sees the start."""
+        with self._lock:
+            self._values[name].setdefault(labels, 0.0)
+
+    def value(self, name: str, labels: tuple[str, ...]) -> float:
+        with self._lock:
+            return self._values[name].get(labels, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snapshot = {name: dict(series) for name, series in self._values.items()}
+        for name, (doc, label_names) in self._families.items():
+            metric = Metric(name, doc, "unknown")
+            for labels, value in snapshot[name].items():
+                metric.add_sample(name, dict(zip(label_names, labels, strict=True)), value)
+            yield metric
+
+
+@dataclass(frozen=True)
+class _PlanSnapshot:
+    backends: int
+    duty_cycle_ms: tuple[tuple[str, float], ...]  # (backend, ms)
+    occupancy: tuple[tuple[str, float], ...]
+    batch: tuple[tuple[tuple[str, str, str, str], int], ...]  # ((model, version, slo_ms, backend), batch)
+    rate: tuple[tuple[tuple[str, str, str], float], ...]  # ((model, version, slo_ms), requests/s)
+
+
+class _PlanCollector(Collector):
+    """The current plan as gauges, swapped atomically so a scrape never sees half of two plans."""
+
+    def __init__(self) -> None:
+        self.plan = _PlanSnapshot(0, (), (), (), ())
+        self.session_rates: tuple[tuple[tuple[str, str, str], float], ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        plan, rates = self.plan, self.session_rates
+        metric = Metric("squishy_plan_backends", "Backends in the current plan", "gauge")
+        metric.add_sample("squishy_plan_backends", {}, plan.backends)
+        yield metric
+        yield _gauge("squishy_plan_duty_cycle_ms", "Duty cycle of each backend (ms)", ("backend",), plan.duty_cycle_ms)
+        yield _gauge("squishy_plan_occupancy", "Busy share of each backend's duty cycle", ("backend",), plan.occupancy)
+        yield _gauge(
+            "squishy_plan_batch",
+            "Batch size the plan gives a session on a backend",
+            ("model", "version", "slo_ms", "backend"),
+            plan.batch,
+        )
+        yield _gauge(
+            "squishy_plan_rate",
+            "Requests/s the plan provisions for a session",
+            ("model", "version", "slo_ms"),
+            plan.rate,
+        )
+        yield _gauge("squishy_session_rate", "Measured requests/s of a session", ("model", "version", "slo_ms"), rates)
+
+
+def _gauge(name: str, doc: str, label_names: tuple[str, ...], series: Iterable[tuple[object, float]]) -> Metric:
+    metric = Metric(name, doc, "gauge")
+    for labels, value in series:
+        values = labels if isinstance(labels, tuple) else (labels,)
+        metric.add_sample(name, dict(zip(label_names, (str(v) for v in values), strict=True)), float(value))
+    return metric
+
+
+def _slo_label(slo_ms: float) -> str:
+    return f"{slo_ms:g}"
+
+
+@dataclass
+class _ModelSeries:
+    """The labelled children of one (model, version), looked up once and reused."""
+
+    labels: tuple[str, str]
+    slo_met: Counter
+    slo_late: Counter
+    dropped: Counter
+    latency_ms: Histogram
+    batch_size: Histogram
+    pending: Gauge
+
+
+class ServerMetrics:
+    """All of a server's metrics. Thread-safe; see the module docstring for names and who records what."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        latency_buckets_ms: Iterable[float] = LATENCY_BUCKETS_MS,
+        batch_size_buckets: Iterable[float] = BATCH_SIZE_BUCKETS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        mv = ("model", "version")
+        self._triton = _PlainCounters(
+            {
+                "nv_inference_request_success": ("Number of successful inference requests, all batch sizes", mv),
+                "nv_inference_request_failure": (
+                    "Number of failed inference requests, all batch sizes",
+                    ("model", "version", "reason"),
+                ),
+                "nv_inference_count": ("Number of inferences performed (does not include cached requests)", mv),
+                "nv_inference_exec_count": ("Number of model executions performed", mv),
+                "nv_inference_request_duration_us": ("Cumulative inference request duration in microseconds", mv),
+                "nv_inference_queue_duration_us": ("Cumulative inference queuing duration in microseconds", mv),
+                "nv_inference_compute_infer_duration_us": (
+                    "Cumulative compute inference duration in microseconds",
+                    mv,
+                ),
+            }
+        )
+        self.registry.register(self._triton)
+        self._pending = Gauge(
+            "nv_inference_pending_request_count",
+            "Instantaneous number of pending requests awaiting execution per-model.",
+            mv,
+            registry=self.registry,
+        )
+        self._slo_met = Counter("squishy_slo_met", "Requests answered within their SLO", mv, registry=self.registry)
+        self._slo_late = Counter("squishy_slo_late", "Requests answered after their SLO", mv, registry=self.registry)
+        self._dropped = Counter(
+            "squishy_dropped", "Requests dropped because they could not meet their deadline", mv, registry=self.registry
+        )
+        self._latency_ms = Histogram(
+            "squishy_request_latency_ms",
+            "End-to-end latency of completed requests (ms)",
+            mv,
+            buckets=tuple(latency_buckets_ms),
+            registry=self.registry,
+        )
+        self._batch_size = Histogram(
+            "squishy_batch_size",
+            "Inputs per executed batch",
+            mv,
+            buckets=tuple(batch_size_buckets),
+            registry=self.registry,
+        )
+        self._plan = _PlanCollector()
+        self.registry.register(self._plan)
+        self._series: dict[tuple[str, str], _ModelSeries] = {}
+        self._series_lock = threading.Lock()
+        self._type_fixes = tuple(
+            (f"# TYPE {name} untyped\n".encode(), f"# TYPE {name} counter\n".encode())
+            for name in self._triton._families
+        )
+
+    # ------------------------------------------------------------------ recording (serving core)
+
+    def record_request(
+        self, model: str, version: str, outcome: Outcome, latency_ms: float = 0.0, reason: str = ""
+    ) -> None:
+        """One request finished. ``latency_ms``: arrival to reply, for ``met``/``late``.
+
+        ``reason`` (failures only) is Triton's failure reason: defaults to REJECTED for ``dropped`` and
+        BACKEND for ``failed``.
+        """
+        series = self._model(model, version)
+        if outcome == "met" or outcome == "late":
+            (series.slo_met if outcome == "met" else series.slo_late).inc()
+            series.latency_ms.observe(latency_ms)
+            self._triton.inc("nv_inference_request_success", series.labels, 1)
+            self._triton.inc("nv_inference_request_duration_us", series.labels, latency_ms * 1000.0)
+        elif outcome == "dropped":
+            series.dropped.inc()
+            self._triton.inc("nv_inference_request_failure", (*series.labels, reason or "REJECTED"), 1)
+        elif outcome == "failed":
+            self._triton.inc("nv_inference_request_failure", (*series.labels, reason or "BACKEND"), 1)
+        else:
+            raise ValueError(f"unknown request outcome {outcome!r}; expected met, late, dropped or failed")
+
+    def record_batch(
+        self,
+        model: str,
+        version: str,
+        size: int,
+        queue_ns_total: int,
+        compute_ns: int,
+        requests: int | None = None,
+    ) -> None:
+        """One batch executed: ``size`` inputs from ``requests`` requests (default: one request per input).
+
+        ``queue_ns_total`` is the sum over the batch's requests of the time each waited; ``compute_ns``
+        the batch's execution time, which (as in Triton) counts once for every request in the batch.
+        """
+        series = self._model(model, version)
+        n_requests = size if requests is None else requests
+        series.batch_size.observe(size)
+        self._triton.inc("nv_inference_count", series.labels, size)
+        self._triton.inc("nv_inference_exec_count", series.labels, 1)
+        self._triton.inc("nv_inference_queue_duration_us", series.labels, queue_ns_total / 1000.0)
+        self._triton.inc("nv_inference_compute_infer_duration_us", series.labels, compute_ns * n_requests / 1000.0)
+
+    def set_pending(self, model: str, version: str, n: int) -> None:
+        """Requests of this model queued and not yet executing."""
+        self._model(model, version).pending.set(n)
+
+    def set_plan(self, plan: Plan, versions: Mapping[str, str] | None = None) -> None:
+        """Publish the plan in force. ``versions`` maps model → version for the labels (default "")."""
+        versions = versions or {}
+        duty, occupancy, batch = [], [], []
+        rates: dict[tuple[str, str, str], float] = {}
+        for backend in plan.backends:
+            backend_label = str(backend.backend_id)
+            if backend.duty_cycle_ms is not None:
+                duty.append((backend_label, float(backend.duty_cycle_ms)))
+                occupancy.append((backend_label, backend.occupancy))
+            for allocation in backend.allocations:
+                # A prefix group reports each member model with the group's batch and its own rate.
+                sessions = [(m.model, m.slo_ms, m.rate) for m in allocation.members] or [
+                    (allocation.model, allocation.slo_ms, allocation.rate)
+                ]
+                for model, slo_ms, rate in sessions:
+                    session = (model, versions.get(model, ""), _slo_label(slo_ms))
+                    batch.append(((*session, backend_label), allocation.batch))
+                    rates[session] = rates.get(session, 0.0) + rate
+        self._plan.plan = _PlanSnapshot(
+            backends=plan.num_backends,
+            duty_cycle_ms=tuple(duty),
+            occupancy=tuple(occupancy),
+            batch=tuple(batch),
+            rate=tuple(rates.items()),
+        )
+
+    def set_session_rates(self, rates: Mapping[SessionKey, float], versions: Mapping[str, str] | None = None) -> None:
+        """Publish the measured requests/s of every session (replaces the previous set)."""
+        versions = versions or {}
+        self._plan.session_rates = tuple(
+            ((key.model, versions.get(key.model, ""), _slo_label(key.slo_ms)), float(rate))
+            for key, rate in rates.items()
+        )
+
+    # -------------------------------------------------------------------------------- reading
+
+    def exposition(self) -> bytes:
+        """Everything in Prometheus' text format (what ``GET /metrics`` returns)."""
+        text = generate_latest(self.registry)
+        for untyped, counter in self._type_fixes:
+            text = text.replace(untyped, counter, 1)
+        return text
+
+    def triton_value(self, name: str, model: str, version: str, reason: str | None = None) -> float:
+        """Current value of one of Triton's counters (for tests and the CLI's summaries)."""
+        labels = (model, version) if reason is None else (model, version, reason)
+        return self._triton.value(name, labels)
+
+    # ------------------------------------------------------------------------------- internals
+
+    def _model(self, model: str, version: str) -> _ModelSeries:
+        key = (model, version)
+        series = self._series.get(key)  # lock-free fast path: dict reads are atomic
+        if series is None:
+            with self._series_lock:
+                series = self._series.get(key)
+                if series is None:
+                    series = _ModelSeries(
+                        labels=key,
+                        slo_met=self._slo_met.labels(model, version),
+                        slo_late=self._slo_late.labels(model, version),
+                        dropped=self._dropped.labels(model, version),
+                        latency_ms=self._latency_ms.labels(model, version),
+                        batch_size=self._batch_size.labels(model, version),
+                        pending=self._pending.labels(model, version),
+                    )
+                    for name in (
+                        "nv_inference_request_success",
+                        "nv_inference_count",
+                        "nv_inference_exec_count",
+                        "nv_inference_request_duration_us",
+                        "nv_inference_queue_duration_us",
+                        "nv_inference_compute_infer_duration_us",
+                    ):
+                        self._triton.ensure(name, key)
+                    self._series[key] = series
+        return series
