@@ -131,3 +131,18 @@ def test_clipper_aimd_and_tf_serving_timeout():
     assert not tf.ready(queue, now_ms=10.0, planned_batch=4)
     assert tf.wake_at(queue, now_ms=10.0, planned_batch=4) == 20.0
     assert tf.ready(queue, now_ms=20.0, planned_batch=4)
+
+
+def test_sweep_answers_hopeless_requests_early_without_changing_what_is_dropped():
+    deadlines = [105, 111, 113, 130, 160]
+    swept = queue_of(deadlines, DropPolicy.EARLY)
+    gone = swept.sweep(now_ms=100.0)  # ℓ(1) = 12: deadlines before 112 cannot make it even alone
+    assert [item.payload for item in gone] == [0, 1]
+    plain = queue_of(deadlines, DropPolicy.EARLY)
+    later_swept = swept.form_batch(now_ms=101.0, max_batch=4)
+    later_plain = plain.form_batch(now_ms=101.0, max_batch=4)
+    assert [i.payload for i in later_plain.dropped] == [0, 1] + [i.payload for i in later_swept.dropped]
+    assert [i.payload for i in later_plain.batch] == [i.payload for i in later_swept.batch]
+    lazy = queue_of(deadlines, DropPolicy.LAZY)
+    assert [item.payload for item in lazy.sweep(now_ms=112.0)] == [0, 1]
+    assert queue_of(deadlines, DropPolicy.NONE).sweep(now_ms=500.0) == []

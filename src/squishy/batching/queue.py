@@ -138,13 +138,26 @@ class SessionQueue:
         """Drop requests whose deadline has passed, without forming a batch (lazy and early policies)."""
         if self.drop is DropPolicy.NONE:
             return []
-        keep = [item for item in self._items if item.deadline_ms >= now_ms]
-        if len(keep) == len(self._items):
-            return []
-        gone = [item for item in self._items if item.deadline_ms < now_ms]
-        self._items = keep
-        self._keys = [item.order_key() for item in keep]
-        self._inputs = sum(item.size for item in keep)
+        return self._remove(lambda item: item.deadline_ms < now_ms)
+
+    def sweep(self, now_ms: float) -> list[Item]:
+        """Drop what this policy already knows it will drop, so the client hears at once.
+
+        Early drop: requests that could not finish even alone if started now (deadline < now + ℓ(size)).
+        Every later batch window holding them starts later and is no shorter, so ``form_batch`` would
+        drop them anyway: sweeping changes when the drop is answered, never which requests are dropped.
+        Lazy drop: requests already past their deadline. No drop: nothing.
+        """
+        if self.drop is DropPolicy.EARLY:
+            return self._remove(lambda item: item.deadline_ms < now_ms + self.latency_ms(item.size))
+        return self.expire(now_ms)
+
+    def _remove(self, doomed: Callable[[Item], bool]) -> list[Item]:
+        gone = [item for item in self._items if doomed(item)]
+        if gone:
+            self._items = [item for item in self._items if not doomed(item)]
+            self._keys = [item.order_key() for item in self._items]
+            self._inputs = sum(item.size for item in self._items)
         return gone
 
     # --------------------------------------------------------------------------------- the rules

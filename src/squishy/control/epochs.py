@@ -34,9 +34,17 @@ class EpochPolicy:
     last_replan_s: float = 0.0
 
     def due(
-        self, now_s: float, measured: Mapping[Hashable, float], provisioned: Mapping[Hashable, float]
+        self,
+        now_s: float,
+        measured: Mapping[Hashable, float],
+        provisioned: Mapping[Hashable, float],
+        headroom: float = 1.0,
     ) -> ReplanReason | None:
-        """Why a re-plan is due now, or None. Call ``replanned(now_s)`` after acting on it."""
+        """Why a re-plan is due now, or None. Call ``replanned(now_s)`` after acting on it.
+
+        ``provisioned`` are the rates the plan was sized for; a plan given ``headroom`` × those rates
+        (spare backends put to use) is overloaded only beyond that.
+        """
         since = now_s - self.last_replan_s
         if since >= self.epoch_s:
             return ReplanReason.EPOCH
@@ -47,7 +55,7 @@ class EpochPolicy:
             if planned <= 0:
                 if rate > 0:
                     return ReplanReason.NEW_SESSION
-            elif rate > self.high_factor * planned:
+            elif rate > self.high_factor * planned * max(headroom, 1.0):
                 return ReplanReason.OVERLOAD
             elif rate < self.low_factor * planned:
                 return ReplanReason.UNDERLOAD
