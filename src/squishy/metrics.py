@@ -223,6 +223,12 @@ class ServerMetrics:
         )
         self._plan = _PlanCollector()
         self.registry.register(self._plan)
+        self._replans = Counter(
+            "squishy_replans", "Plans installed, by what triggered them", ("reason",), registry=self.registry
+        )
+        self._moves = Counter(
+            "squishy_session_moves", "Sessions placed on a backend they were not on before", registry=self.registry
+        )
         self._series: dict[tuple[str, str], _ModelSeries] = {}
         self._series_lock = threading.Lock()
         self._type_fixes = tuple(
@@ -280,9 +286,15 @@ class ServerMetrics:
         """Requests of this model queued and not yet executing."""
         self._model(model, version).pending.set(n)
 
-    def set_plan(self, plan: Plan, versions: Mapping[str, str] | None = None) -> None:
-        """Publish the plan in force. ``versions`` maps model → version for the labels (default "")."""
-        versions = versions or {}
+    def set_plan(
+        self,
+        plan: Plan,
+        versions: Mapping[str, str] | None = None,
+        labels: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """Publish the plan in force. ``versions`` maps model → version for the labels (default "");
+        ``labels`` maps a plan's session name to its (model, version) labels when the two differ (the
+        serving core names sessions ``model:version``)."""
         duty, occupancy, batch = [], [], []
         rates: dict[tuple[str, str, str], float] = {}
         for backend in plan.backends:
@@ -296,7 +308,7 @@ class ServerMetrics:
                     (allocation.model, allocation.slo_ms, allocation.rate)
                 ]
                 for model, slo_ms, rate in sessions:
-                    session = (model, versions.get(model, ""), _slo_label(slo_ms))
+                    session = (*self._labels(model, versions, labels), _slo_label(slo_ms))
                     batch.append(((*session, backend_label), allocation.batch))
                     rates[session] = rates.get(session, 0.0) + rate
         self._plan.plan = _PlanSnapshot(
@@ -307,13 +319,30 @@ class ServerMetrics:
             rate=tuple(rates.items()),
         )
 
-    def set_session_rates(self, rates: Mapping[SessionKey, float], versions: Mapping[str, str] | None = None) -> None:
+    def set_session_rates(
+        self,
+        rates: Mapping[SessionKey, float],
+        versions: Mapping[str, str] | None = None,
+        labels: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         """Publish the measured requests/s of every session (replaces the previous set)."""
-        versions = versions or {}
         self._plan.session_rates = tuple(
-            ((key.model, versions.get(key.model, ""), _slo_label(key.slo_ms)), float(rate))
+            ((*self._labels(key.model, versions, labels), _slo_label(key.slo_ms)), float(rate))
             for key, rate in rates.items()
         )
+
+    def record_replan(self, reason: str, sessions_moved: int) -> None:
+        """A new plan was installed (``reason``: start, epoch, overload, underload, load, unload, ...)."""
+        self._replans.labels(reason).inc()
+        self._moves.inc(sessions_moved)
+
+    @staticmethod
+    def _labels(
+        model: str, versions: Mapping[str, str] | None, labels: Mapping[str, tuple[str, str]] | None
+    ) -> tuple[str, str]:
+        if labels is not None and model in labels:
+            return labels[model]
+        return model, (versions or {}).get(model, "")
 
     # -------------------------------------------------------------------------------- reading
 

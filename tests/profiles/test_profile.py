@@ -80,3 +80,14 @@ def test_margins_inflate_and_add_standard_deviations():
 def test_malformed_profiles_are_named(data, message):
     with pytest.raises(ProfileError, match=message):
         Profile.from_dict(data)
+
+
+def test_noise_within_one_percent_keeps_the_larger_batch_and_raises_the_smaller():
+    # A nearly linear CPU curve: batch 16 is 0.2% worse per input than batch 8 (noise).
+    cleaned, changes = clean_curve({1: 9.06, 8: 68.1, 16: 136.5})
+    assert set(cleaned) == {1, 8, 16}
+    assert cleaned[16] == 136.5
+    assert cleaned[8] == pytest.approx(8 * 136.5 / 16)  # raised to batch 16's per-input latency
+    assert any(c.startswith("raised batch 8") for c in changes)
+    per_input = [v / b for b, v in cleaned.items()]
+    assert per_input == sorted(per_input, reverse=True)

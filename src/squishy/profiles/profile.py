@@ -20,6 +20,9 @@ from squishy.errors import ProfileError
 
 # The largest batch a linear profile allows when the file does not say.
 DEFAULT_LINEAR_MAX_BATCH = 64
+# A larger batch whose latency per input is at most this much worse than a smaller one's is kept as
+# measurement noise (see ``clean_curve``).
+PER_INPUT_NOISE_TOLERANCE = 0.01
 
 
 def _as_batch_map(raw: Any, what: str, model: str) -> dict[int, float]:
@@ -43,27 +46,43 @@ def _as_batch_map(raw: Any, what: str, model: str) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
-def clean_curve(batch_ms: Mapping[int, float]) -> tuple[dict[int, float], list[str]]:
-    """Make a published curve usable by the scheduler; return the cleaned curve and what changed.
+def clean_curve(
+    batch_ms: Mapping[int, float], tolerance: float = PER_INPUT_NOISE_TOLERANCE
+) -> tuple[dict[int, float], list[str]]:
+    """Make a measured or published curve usable by the scheduler; return it and what changed.
 
-    1. Drop batch sizes whose latency per input is worse than some smaller kept batch's: such a size has
-       lower throughput *and* higher latency than the smaller one, so no plan should ever use it.
-    2. Make ℓ non-decreasing with a running max: a larger batch cannot be promised to finish sooner than a
+    1. Drop batch sizes whose latency per input is worse than a smaller batch's by more than
+       ``tolerance``: such a size has lower throughput *and* higher latency, so no plan should use it.
+    2. A size within ``tolerance`` is measurement noise on a nearly linear curve (CPU curves are): keep
+       it, and raise the smaller sizes' latencies to its latency per input instead (a safe over-estimate
+       of at most ``tolerance``), so larger batches stay available.
+    3. Make ℓ non-decreasing with a running max: a larger batch cannot be promised to finish sooner than a
        smaller one, because a short batch may take the larger batch's path (padding, kernel choice).
-    After both steps ℓ(b)/b is non-increasing over the kept sizes, which is what the packing assumes.
+    After these steps ℓ(b)/b is non-increasing over the kept sizes, which is what the packing assumes.
     """
     changes: list[str] = []
     kept: dict[int, float] = {}
-    best_per_input = math.inf
+    best_measured = math.inf  # the lowest per-input latency measured so far, the yardstick for dropping
+    best_kept = math.inf  # the lowest per-input latency of the kept curve (after raises)
     for batch, latency in sorted(batch_ms.items()):
         per_input = latency / batch
-        if per_input > best_per_input * (1 + 1e-12):
+        if per_input > best_measured * (1 + tolerance) + 1e-12:
             changes.append(
                 f"dropped batch {batch}: {latency:g} ms is {per_input:.4g} ms/input, "
-                f"worse than {best_per_input:.4g} ms/input at a smaller batch"
+                f"worse than {best_measured:.4g} ms/input at a smaller batch"
             )
             continue
-        best_per_input = min(best_per_input, per_input)
+        if per_input > best_kept:
+            for smaller, value in kept.items():
+                if value / smaller < per_input:
+                    raised = smaller * per_input
+                    changes.append(
+                        f"raised batch {smaller} from {value:g} ms to {raised:.6g} ms to keep batch {batch}, "
+                        f"within {tolerance:.0%} per input"
+                    )
+                    kept[smaller] = raised
+        best_measured = min(best_measured, per_input)
+        best_kept = min(best_kept, per_input) if per_input <= best_kept else per_input
         kept[batch] = latency
     running_max = 0.0
     for batch, latency in kept.items():

@@ -1,0 +1,106 @@
+"""``squishy serve --repository DIR``: serve a model repository over OIP REST, gRPC and Prometheus."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from squishy.cluster import slot_layout
+from squishy.frontend.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, FrontendServer
+from squishy.metrics import ServerMetrics
+from squishy.runtime.core import ServingConfig, ServingCore
+from squishy.runtime.repository import DEFAULT_SLO_MS, ModelRepository
+
+EXECUTORS = ("auto", "onnxruntime", "torch", "null", "null-zero")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("serve", help="serve a model repository (OIP REST + gRPC, Prometheus metrics)")
+    parser.add_argument("--repository", required=True, help="model repository directory (Triton layout)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument("--slots", type=int, help="execution slots (backends); default: one per core")
+    parser.add_argument("--threads-per-slot", type=int, help="intra-op threads per slot; default: cores / slots")
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="auto",
+        help="auto (by model platform), onnxruntime, torch, null (sleeps the profiled latency), null-zero",
+    )
+    parser.add_argument("--epoch-s", type=float, default=10.0, help="re-plan at least this often (default 10 s)")
+    parser.add_argument("--default-slo-ms", type=float, default=DEFAULT_SLO_MS, help="SLO of models that set none")
+    parser.add_argument("--network-ms", type=float, default=1.0, help="margin taken off every SLO (default 1 ms)")
+    parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (MB)")
+    parser.add_argument(
+        "--no-strict-readiness", action="store_true", help="report ready while at least one model serves"
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    repository = ModelRepository(args.repository, default_slo_ms=args.default_slo_ms)
+    config = ServingConfig(
+        layout=slot_layout(args.slots, args.threads_per_slot),
+        executor=args.executor,
+        epoch_s=args.epoch_s,
+        network_ms=args.network_ms,
+        strict_readiness=not args.no_strict_readiness,
+        profile_progress=sys.stderr.isatty(),
+    )
+    import uvloop
+
+    uvloop.run(_serve(args, repository, config))
+    return 0
+
+
+async def _serve(args: argparse.Namespace, repository: ModelRepository, config: ServingConfig) -> None:
+    metrics = ServerMetrics()
+    core = ServingCore(repository, config, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"squishy: loading and profiling the models in {repository.root} ...", file=sys.stderr, flush=True)
+    await core.start()
+    server = FrontendServer(
+        core,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        metrics=metrics,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+    )
+    try:
+        ports = await server.start()
+        _announce(core, args.host, ports.http, ports.grpc, ports.metrics)
+        await stop.wait()
+        print("squishy: shutting down", file=sys.stderr, flush=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop()
+        await core.stop()
+
+
+def _announce(core: ServingCore, host: str, http: int, grpc: int, metrics: int | None) -> None:
+    from squishy.cli.plan import render
+
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    for state in core.repository_index():
+        note = "" if state.state == "READY" else f"  ({state.reason})"
+        print(f"  model {state.name} version {state.version or '-'}: {state.state}{note}", flush=True)
+    if core.plan is not None:
+        print(render(core.plan), flush=True)
+    print(f"squishy: serving OIP REST on http://{shown}:{http}/v2, gRPC on {shown}:{grpc}", flush=True)
+    if metrics is not None:
+        print(f"squishy: Prometheus metrics on http://{shown}:{metrics}/metrics", flush=True)
+    print("squishy: ready (Ctrl-C to stop)", flush=True)
