@@ -20,6 +20,8 @@ from squishy.scheduler.demand import saturating_batch
 
 DEVICE = "v100-16gb"
 SLO_CHOICES_MS = (50, 100, 200, 400)
+# (sessions, Σ R/T in backends): from a few large sessions to many small ones (0.5 backend each on average).
+MIXES = ((20, 40.0), (50, 100.0), (200, 200.0), (1000, 500.0))
 
 
 def catalog() -> dict[str, Profile]:
@@ -81,22 +83,35 @@ def main() -> None:
     )
 
     print()
-    print(f"{'zipf s':>6} {'sessions':>8} {'load':>6} {'squishy':>8} {'bound':>8} {'ratio':>6} {'oblivious':>9}")
-    ratios = []
+    print(
+        f"{'zipf s':>6} {'sessions':>8} {'Σ R/T':>6} {'squishy':>8} {'ratio':>6} "
+        f"{'residual bound':>14} {'ratio':>6} {'oblivious':>9}"
+    )
+    ratios, residual_ratios = [], []
     for exponent in (0.5, 1.0, 1.5, 2.0):
-        for sessions, load in ((20, 20.0), (50, 50.0), (200, 100.0), (1000, 500.0)):
+        for sessions, load in MIXES:
             workload, session_profiles = zipf_workload(profiles, sessions, exponent, load, args.seed)
             plan = make_plan(workload, session_profiles)
             oblivious = make_plan(workload, session_profiles, policy="batch-oblivious")
             ratio = plan.num_backends / plan.lower_bound
+            residual_ratio = plan.num_backends / plan.residual_bound
             ratios.append(ratio)
+            residual_ratios.append(residual_ratio)
             print(
-                f"{exponent:>6} {sessions:>8} {load:>6.0f} {plan.num_backends:>8} {plan.lower_bound:>8.1f} "
-                f"{ratio:>6.3f} {oblivious.num_backends:>9}"
+                f"{exponent:>6} {sessions:>8} {plan.lower_bound:>6.0f} {plan.num_backends:>8} {ratio:>6.3f} "
+                f"{plan.residual_bound:>14.1f} {residual_ratio:>6.3f} {oblivious.num_backends:>9}"
             )
     print(
-        f"\nsquishy / lower bound: mean {statistics.mean(ratios):.3f}, worst {max(ratios):.3f} "
+        f"\nsquishy / (Σ R/T): mean {statistics.mean(ratios):.3f}, worst {max(ratios):.3f} "
         f"(goal: within 1.15; Nexus paper: 1.19)"
+    )
+    print(
+        f"squishy / residual-aware bound: mean {statistics.mean(residual_ratios):.3f}, "
+        f"worst {max(residual_ratios):.3f} (what packing loses; the rest is what small rates cost within their SLO)"
+    )
+    print(
+        "(batch-oblivious counts are not comparable: its backends cannot hold its rates at the SLO;"
+        " judge it in the simulator)"
     )
 
 

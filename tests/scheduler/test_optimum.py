@@ -60,3 +60,12 @@ def test_optimum_finds_the_papers_zero_slack_pairing():
     assert block_cycle([da, db]) == 125.0
     assert block_cycle([da, dc]) is None
     assert optimal_backends([da, db, dc]) == 2
+
+
+def test_residual_aware_bound_never_exceeds_the_optimum():
+    from squishy.scheduler.packing import residual_aware_bound
+
+    rng = random.Random(7)
+    for _ in range(150):
+        demands = random_instance(rng)
+        assert residual_aware_bound(demands, None) <= optimal_backends(demands) + 1e-9

@@ -44,3 +44,11 @@ def test_replanned_plans_are_valid_for_any_new_rates(case, data):
     result = replan(previous, changed, catalog)
     demands, _, _ = build_demands(changed, catalog)
     assert violations(result.plan, demands, changed.device.memory_mb) == []
+
+
+@SETTINGS
+@given(workloads())
+def test_residual_aware_bound_is_tighter_yet_never_above_a_plan(case):
+    workload, catalog = case
+    plan = make_plan(workload, catalog)
+    assert plan.lower_bound - 1e-9 <= plan.residual_bound <= plan.num_backends + 1e-9

@@ -76,7 +76,10 @@ def render(plan: Plan) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     ratio = plan.num_backends / plan.lower_bound if plan.lower_bound else float("nan")
-    lines.append(f"{plan.num_backends} backends ({plan.policy}); lower bound {plan.lower_bound:.2f}; ratio {ratio:.2f}")
+    lines.append(
+        f"{plan.num_backends} backends ({plan.policy}); lower bound {plan.lower_bound:.2f} (ratio {ratio:.2f}); "
+        f"residual-aware bound {plan.residual_bound:.2f}"
+    )
     for query, split in plan.query_slo_split.items():
         parts = ", ".join(f"{stage} {ms:g} ms" for stage, ms in split.items())
         lines.append(f"query {query}: {parts}")

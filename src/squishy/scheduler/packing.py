@@ -351,3 +351,24 @@ def lower_bound(demands: Iterable[Demand], memory_mb: float | None) -> float:
         assert batch is not None
         total += demand.rate * demand.profile.latency_ms(batch) / (1000.0 * batch)
     return total
+
+
+def residual_aware_bound(demands: Iterable[Demand], memory_mb: float | None) -> float:
+    """A tighter lower bound than Σ R/T(B), valid for every plan under the duty-cycle rules.
+
+    A share of rate r on any backend costs at least f(r), the occupancy of the best single-backend node
+    for r (the share's batch and cycle would satisfy the single-backend problem too). f(r)/r never grows
+    with r, so splitting a session below T(B) only costs more: a session with R < T(B) needs at least
+    f(R) of a backend, one with R ≥ T(B) at least R/T(B). Σ R/T(B) ignores that a small rate cannot fill
+    large batches within its SLO; this bound does not, so the gap between a plan and it is packing loss.
+    """
+    total = 0.0
+    for demand in demands:
+        batch = saturating_batch(demand.profile, demand.budget_ms, memory_mb)
+        assert batch is not None
+        full_share = demand.rate * demand.profile.latency_ms(batch) / (1000.0 * batch)
+        if full_share >= 1.0:
+            total += full_share
+        else:
+            total += max(full_share, residual_node(Share(demand, demand.rate), memory_mb).occupancy)
+    return total

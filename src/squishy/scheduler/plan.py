@@ -126,6 +126,8 @@ class Plan:
     idle_sessions: tuple[SessionKey, ...] = ()
     # Memory each backend needs (MB), by backend_id, when profiles record memory.
     memory_mb: Mapping[int, float] = field(default_factory=dict)
+    # A tighter bound that counts what small rates cost within their SLO (``residual_aware_bound``).
+    residual_bound: float = 0.0
 
     @property
     def num_backends(self) -> int:
@@ -161,6 +163,7 @@ class Plan:
             "backends": [b.to_dict(self.memory_mb.get(b.backend_id)) for b in self.backends],
             "num_backends": self.num_backends,
             "lower_bound": round(self.lower_bound, 6),
+            "residual_bound": round(self.residual_bound, 6),
             "query_slo_split": {
                 q: {s: round(v, 6) for s, v in split.items()} for q, split in self.query_slo_split.items()
             },
@@ -172,6 +175,7 @@ class Plan:
         return cls(
             backends=tuple(Backend.from_dict(b, i) for i, b in enumerate(data["backends"])),
             lower_bound=float(data.get("lower_bound", 0.0)),
+            residual_bound=float(data.get("residual_bound", 0.0)),
             policy=str(data.get("policy", "squishy")),
             query_slo_split={q: dict(v) for q, v in data.get("query_slo_split", {}).items()},
             idle_sessions=tuple(SessionKey(s["model"], float(s["slo_ms"])) for s in data.get("idle_sessions", [])),

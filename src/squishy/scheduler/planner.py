@@ -9,7 +9,7 @@ from squishy.errors import WorkloadError
 from squishy.profiles import Profile
 from squishy.scheduler.baselines import batch_oblivious_nodes
 from squishy.scheduler.demand import Demand, build_demands
-from squishy.scheduler.packing import Node, Slot, lower_bound, pack
+from squishy.scheduler.packing import Node, Slot, lower_bound, pack, residual_aware_bound
 from squishy.scheduler.plan import Allocation, Backend, Member, Plan
 from squishy.scheduler.workload import SessionKey, Workload
 
@@ -67,6 +67,7 @@ def assemble(
     return Plan(
         backends=tuple(backends),
         lower_bound=lower_bound(demands, memory_mb),
+        residual_bound=residual_aware_bound(demands, memory_mb),
         policy=policy,
         query_slo_split={q: dict(s) for q, s in query_slo_split.items()},
         idle_sessions=tuple(idle),
