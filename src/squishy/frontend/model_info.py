@@ -25,6 +25,7 @@ EXTENSIONS = (
     "model_configuration",
     "model_repository",
     "parameters",
+    "schedule_policy",
     "statistics",
 )
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from squishy.batching import DropPolicy, Item, SessionQueue
+from squishy.batching.limits import burst_batches
 from squishy.cluster import SlotLayout, slot_layout
 from squishy.control import EpochPolicy, RateEstimator
 from squishy.errors import SquishyError, WorkloadError
@@ -122,6 +123,7 @@ class ServingCore(BatchSink):
         self._control_task: asyncio.Task[None] | None = None
         self._started = False
         self.replans = 0
+        self.requests_moved = 0  # queued requests that followed their session to another slot
 
     # --------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -386,18 +388,19 @@ class ServingCore(BatchSink):
         weights: dict[str, dict[int, float]] = {}
         for backend in plan.backends if plan is not None else ():
             worker = mapping[backend.backend_id]
+            limits = burst_batches(backend, self._scheduled_latency, lambda sid: self._sessions[sid].profile.max_batch)
             for allocation in backend.allocations:
                 sid = allocation.model
                 slots = per_worker[worker]
                 if sid in slots:  # two backends of one session on one slot (only when slots are short)
-                    slots[sid].batch = max(slots[sid].batch, allocation.batch)
+                    slots[sid].batch = max(slots[sid].batch, limits[sid])
                 else:
                     session = self._sessions[sid]
                     slots[sid] = SessionSlot(
                         session_id=sid,
                         spec=session.spec,
                         executor=self._executors[(worker, sid)],
-                        batch=allocation.batch,
+                        batch=limits[sid],
                         queue=SessionQueue(queue_latency(session.profile), DropPolicy.EARLY),
                     )
                 weights.setdefault(sid, {})
@@ -411,6 +414,7 @@ class ServingCore(BatchSink):
             before = set(worker.session_ids)
             moved += sum(1 for sid in per_worker[index] if sid not in before)
             orphans.extend(worker.assign(list(per_worker[index].values())))
+        self.requests_moved += len(orphans)
         for sid, item in orphans:  # queued requests move with their session
             router = self._routers.get(sid)
             if router is None:
@@ -425,6 +429,10 @@ class ServingCore(BatchSink):
         if plan is not None:
             self.metrics.set_plan(plan, labels=self._labels())
         return moved
+
+    def _scheduled_latency(self, sid: str, batch: int) -> float:
+        """ℓ(batch) as the scheduler counts it (margins included)."""
+        return self._sessions[sid].profile.batch_latency_ms(batch) * self.config.profile_inflation
 
     def _labels(self) -> dict[str, tuple[str, str]]:
         return {sid: (s.spec.name, s.spec.version) for sid, s in self._sessions.items()}
