@@ -134,3 +134,18 @@ def test_curl_style_json_request(server: Server):
     assert reply.status_code == 200
     outputs = {o["name"]: o for o in reply.json()["outputs"]}
     assert outputs["label"]["data"] == [0]
+
+
+def test_repository_unload_and_load_over_both_protocols(server: Server):
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    http.unload_model("smallcnn")
+    assert not http.is_model_ready("smallcnn")
+    states = {m["name"]: m for m in http.get_model_repository_index()}
+    assert states["smallcnn"]["state"] == "UNAVAILABLE"
+    assert http.is_server_ready()  # unloaded on purpose: the server still serves what it should
+    grpc.load_model("smallcnn")
+    assert grpc.is_model_ready("smallcnn")
+    with pytest.raises(InferenceServerException) as error:
+        http.load_model("../digits")
+    assert error.value.status() in ("400", "404")
