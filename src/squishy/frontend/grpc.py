@@ -41,6 +41,10 @@ GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # gRPC's default SO_REUSEPORT would let a second server share a busy port silently.
     ("grpc.so_reuseport", 0),
+    # grpc core CANCELs RPCs beyond 1,000 waiting for a handler, before squishy sees them: under
+    # overload clients would get CANCELLED instead of squishy's own UNAVAILABLE admission answer.
+    ("grpc.server.max_pending_requests", 1 << 20),
+    ("grpc.server.max_pending_requests_hard_limit", 1 << 20),
 )
 
 # Typed ``InferTensorContents`` field of each datatype (FP16 has none: it must come raw).
