@@ -240,3 +240,115 @@ def early_drop_window(deadlines_ms: np.ndarray, now_ms: float, max_batch: int, l
 def latency_table(latency_ms: LatencyFn, max_inputs: int) -> np.ndarray:
     """ℓ(n) for n = 0..max_inputs as an array (index 0 is 0), for ``early_drop_window``."""
     return np.array([0.0] + [latency_ms(n) for n in range(1, max_inputs + 1)])
+
+
+def lazy_drop_start(deadlines_ms: np.ndarray, now_ms: float) -> int:
+    """The lazy-drop decision for a queue with ascending deadlines: the index of the first request that
+    has not expired (deadline ≥ now). Same decision as ``SessionQueue.form_batch`` with
+    ``DropPolicy.LAZY`` (and as ``expire``), in O(log n)."""
+    return int(np.searchsorted(deadlines_ms, now_ms, side="left"))
+
+
+class ArraySessionQueue:
+    """``SessionQueue`` for unit-size requests of one priority level, held in numpy arrays.
+
+    Same decisions as ``SessionQueue`` (a property test replays random push / form_batch / expire
+    sequences on both), built for callers that move requests in bulk, such as the simulator: requests
+    arrive in chunks (``push_many``), and each ``form_batch`` costs O(log n) plus the slices it returns.
+    ``tags`` is the caller's int64 payload per request and is never inspected. Requests with equal
+    deadlines keep push order, as ``SessionQueue``'s sequence numbers do.
+
+    ``latency_table_ms[n]`` is ℓ for a batch of n inputs (index 0 unused); it must cover every
+    ``max_batch`` passed to ``form_batch``.
+    """
+
+    def __init__(self, latency_table_ms: np.ndarray, drop: DropPolicy | str = DropPolicy.EARLY) -> None:
+        self.latency_table_ms = latency_table_ms
+        self.drop = DropPolicy(drop)
+        self._deadlines = np.empty(0)
+        self._arrivals = np.empty(0)
+        self._tags = np.empty(0, dtype=np.int64)
+        self._head = 0  # items before it have left the queue; compacted on the next push
+
+    def __len__(self) -> int:
+        return len(self._deadlines) - self._head
+
+    @property
+    def inputs(self) -> int:
+        return len(self)
+
+    def oldest_arrival_ms(self) -> float | None:
+        if len(self) == 0:
+            return None
+        return float(self._arrivals[self._head :].min())
+
+    def earliest_deadline_ms(self) -> float | None:
+        return float(self._deadlines[self._head]) if len(self) else None
+
+    @property
+    def deadlines_ms(self) -> np.ndarray:
+        """Queued deadlines in queue order (a read-only view)."""
+        return self._deadlines[self._head :]
+
+    def push_many(self, deadlines_ms: np.ndarray, arrivals_ms: np.ndarray, tags: np.ndarray) -> None:
+        """Queue a chunk of requests (in any order): the queue stays in (deadline, push order) order."""
+        if len(deadlines_ms) == 0:
+            return
+        head = self._head
+        if head == len(self._deadlines) and (
+            len(deadlines_ms) < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())
+        ):
+            # An empty queue takes a sorted chunk as it is (the common case in bulk callers).
+            self._deadlines, self._arrivals, self._tags, self._head = deadlines_ms, arrivals_ms, tags, 0
+            return
+        old = self._deadlines[head:]
+        deadlines = np.concatenate((old, deadlines_ms))
+        arrivals = np.concatenate((self._arrivals[head:], arrivals_ms))
+        tags = np.concatenate((self._tags[head:], tags))
+        in_order = (len(old) == 0 or deadlines_ms[0] >= old[-1]) and (
+            len(deadlines_ms) < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())
+        )
+        if not in_order:
+            order = np.argsort(deadlines, kind="stable")  # stable: ties keep push order
+            deadlines, arrivals, tags = deadlines[order], arrivals[order], tags[order]
+        self._deadlines, self._arrivals, self._tags, self._head = deadlines, arrivals, tags, 0
+
+    def form_batch(
+        self, now_ms: float, max_batch: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The next batch of at most ``max_batch`` requests and the requests dropped to form it, as
+        (dropped deadlines, dropped tags, batch deadlines, batch arrivals, batch tags), in queue order."""
+        head = self._head
+        queued = self._deadlines[head:]
+        if self.drop is DropPolicy.EARLY:
+            start = early_drop_window(queued, now_ms, max_batch, self.latency_table_ms) if len(queued) else 0
+        elif self.drop is DropPolicy.LAZY:
+            start = int(queued.searchsorted(now_ms, side="left"))  # lazy_drop_start, without the wrapper
+        else:
+            start = 0
+        end = min(len(queued), start + max_batch)
+        first, cut, last = head, head + start, head + end
+        self._head = last
+        return (
+            self._deadlines[first:cut],
+            self._tags[first:cut],
+            self._deadlines[cut:last],
+            self._arrivals[cut:last],
+            self._tags[cut:last],
+        )
+
+    def expire(self, now_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        """Drop requests whose deadline has passed (lazy and early policies): (deadlines, tags)."""
+        if self.drop is DropPolicy.NONE:
+            return self._deadlines[:0], self._tags[:0]
+        head = self._head
+        cut = head + lazy_drop_start(self._deadlines[head:], now_ms)
+        self._head = cut
+        return self._deadlines[head:cut], self._tags[head:cut]
+
+    def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove and return everything queued as (deadlines, arrivals, tags) (a re-plan moves the queue)."""
+        head = self._head
+        out = (self._deadlines[head:], self._arrivals[head:], self._tags[head:])
+        self._deadlines, self._arrivals, self._tags, self._head = np.empty(0), np.empty(0), self._tags[:0], 0
+        return out

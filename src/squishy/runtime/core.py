@@ -439,6 +439,10 @@ class ServingCore(BatchSink):
                 self._settle([(item.payload.future, _dropped_error(item.payload.spec))])
         self.plan = plan
         self._backend_worker = dict(mapping)
+        # Forget executors no slot uses any more (an unloaded model, a session that moved). A batch still
+        # running on one keeps its own reference, so it is freed when that batch is done, not under it.
+        in_use = {(w, sid) for w, slots in per_worker.items() for sid in slots}
+        self._executors = {key: executor for key, executor in self._executors.items() if key in in_use}
         if plan is not None:
             self.metrics.set_plan(plan, labels=self._labels())
         return moved
