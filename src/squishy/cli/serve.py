@@ -100,6 +100,12 @@ def _announce(core: ServingCore, host: str, http: int, grpc: int, metrics: int |
         print(f"  model {state.name} version {state.version or '-'}: {state.state}{note}", flush=True)
     if core.plan is not None:
         print(render(core.plan), flush=True)
+        print(
+            f"(rates are the capacity planned: {core.headroom:.3g}x the measured load, at least "
+            f"{core.config.min_rate_per_s:g} req/s per model; spare slots become headroom, and the plan is "
+            f"revised every {core.config.epoch_s:g} s as load is measured)",
+            flush=True,
+        )
     print(f"squishy: serving OIP REST on http://{shown}:{http}/v2, gRPC on {shown}:{grpc}", flush=True)
     if metrics is not None:
         print(f"squishy: Prometheus metrics on http://{shown}:{metrics}/metrics", flush=True)
