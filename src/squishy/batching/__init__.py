@@ -3,16 +3,19 @@ early/lazy drop, and the dispatch rules of squishy and of the baselines. Used by
 
 from squishy.batching.policies import ClipperDispatch, Dispatch, SquishyDispatch, TfServingDispatch
 from squishy.batching.queue import (
+    ArraySessionQueue,
     BatchDecision,
     DropPolicy,
     Item,
     SessionQueue,
     early_drop_window,
     latency_table,
+    lazy_drop_start,
     window_length,
 )
 
 __all__ = [
+    "ArraySessionQueue",
     "BatchDecision",
     "ClipperDispatch",
     "Dispatch",
@@ -23,5 +26,6 @@ __all__ = [
     "TfServingDispatch",
     "early_drop_window",
     "latency_table",
+    "lazy_drop_start",
     "window_length",
 ]

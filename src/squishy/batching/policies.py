@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from squishy.batching.queue import DropPolicy, SessionQueue
+from squishy.batching.queue import DropPolicy
+
+
+class QueueView(Protocol):
+    """What a dispatch rule reads of a queue (``SessionQueue`` and ``ArraySessionQueue`` both have it)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def inputs(self) -> int: ...
+
+    def oldest_arrival_ms(self) -> float | None: ...
+
 
 # Clipper's AIMD constants: additive increase by one input, multiplicative decrease by 10%.
 AIMD_INCREASE = 1
@@ -27,10 +40,10 @@ class SquishyDispatch:
     def batch_limit(self, planned_batch: int) -> int:
         return planned_batch
 
-    def ready(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> bool:
+    def ready(self, queue: QueueView, now_ms: float, planned_batch: int) -> bool:
         return len(queue) > 0
 
-    def wake_at(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> float | None:
+    def wake_at(self, queue: QueueView, now_ms: float, planned_batch: int) -> float | None:
         return None
 
     def observe(self, batch_inputs: int, batch_latency_ms: float, slo_ms: float) -> None:
@@ -49,10 +62,10 @@ class ClipperDispatch:
     def batch_limit(self, planned_batch: int) -> int:
         return max(1, min(self.max_batch, math.floor(self.size)))
 
-    def ready(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> bool:
+    def ready(self, queue: QueueView, now_ms: float, planned_batch: int) -> bool:
         return len(queue) > 0
 
-    def wake_at(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> float | None:
+    def wake_at(self, queue: QueueView, now_ms: float, planned_batch: int) -> float | None:
         return None
 
     def observe(self, batch_inputs: int, batch_latency_ms: float, slo_ms: float) -> None:
@@ -74,11 +87,11 @@ class TfServingDispatch:
     def batch_limit(self, planned_batch: int) -> int:
         return self.batch
 
-    def ready(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> bool:
+    def ready(self, queue: QueueView, now_ms: float, planned_batch: int) -> bool:
         oldest = queue.oldest_arrival_ms()
         return oldest is not None and (queue.inputs >= self.batch or now_ms >= oldest + self.timeout_ms)
 
-    def wake_at(self, queue: SessionQueue, now_ms: float, planned_batch: int) -> float | None:
+    def wake_at(self, queue: QueueView, now_ms: float, planned_batch: int) -> float | None:
         oldest = queue.oldest_arrival_ms()
         return None if oldest is None else oldest + self.timeout_ms
 

@@ -176,6 +176,7 @@ class Workload:
             "queries",
             "name",
             "description",
+            "simulation",  # scenario files add how to simulate the workload (read by squishy.sim)
         }
         if unknown:
             raise WorkloadError(f"unknown workload key(s): {', '.join(sorted(unknown))}")
