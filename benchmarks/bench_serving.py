@@ -107,7 +107,8 @@ def goodput(duration_s: float) -> dict[str, object]:
         repository = Path(directory)
         build_examples(repository, only=(GOODPUT_MODEL,))
         with start_squishy(repository, ["--slots", str(SLOTS), "--log-level", "warning"]) as server:
-            cache = next((repository / GOODPUT_MODEL / "1").glob("*.profile-cache.json"))
+            # ℓ per slot as the server measured it: with every slot running at once.
+            cache = repository / GOODPUT_MODEL / "1" / f"cpu-1tx{SLOTS}.profile-cache.json"
             # The raw measurement, uncleaned: the limit is what the hardware did, not what the plan assumes.
             raw = {int(b): v for b, v in json.loads(cache.read_text())["batch_ms"].items()}
             slo_ms = 200.0
@@ -124,7 +125,12 @@ def goodput(duration_s: float) -> dict[str, object]:
                 config,
                 SearchSettings(tolerance=0.03, cooldown_s=2.0, start_rate_per_s=limit * 0.7),
                 isolate=True,
-                on_step=lambda step: print(f"  step {step.phase} {step.rate_per_s:.1f} req/s", file=sys.stderr),
+                on_step=lambda step: print(
+                    f"  {step.phase} {step.rate_per_s:.1f} req/s: {'pass' if step.passed else 'fail'}, "
+                    f"{100 * step.result.overall.met_fraction:.2f}% met, late {step.result.overall.late}, "
+                    f"dropped {step.result.overall.dropped}{', cut short' if step.result.cut_short else ''}",
+                    file=sys.stderr,
+                ),
             )
             server_share = (server.cpu_s() - cpu_before) / (time.perf_counter() - wall_before)
     best = found.best
@@ -147,7 +153,7 @@ def goodput(duration_s: float) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("overhead", "goodput", "all"), default="all")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measured run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     results: dict[str, object] = {}

@@ -34,6 +34,9 @@ class DeficitRoundRobin(Generic[Target]):
         self._quanta = [w / largest for w in self.weights]
         self._deficits = [0.0] * len(self.targets)
 
+    def weight_of(self, target: Target) -> float:
+        return self.weights[list(self.targets).index(target)]
+
     def pick(self) -> Target:
         count = len(self.targets)
         while self._deficits[self._turn] < 1.0 - 1e-12:

@@ -146,3 +146,14 @@ def test_model_name_defaults_to_the_repository_directory(tmp_path: Path) -> None
     path.parent.mkdir(parents=True)
     onnx.save(linear_model(), str(path))
     assert measure_profile(path, batches=[1], **FAST).model == "lin"
+
+
+def test_slots_running_at_once_are_measured_together_and_cached_apart(model_file: Path) -> None:
+    together = measure_profile(model_file, batches=(1, 2), repeats=4, warmup=1, concurrency=2)
+    assert together.device == "cpu-1tx2"
+    assert "2 slots running at once" in together.source
+    assert set(together.batch_ms) == {1, 2}
+    cached = cached_profile(model_file, model_name="m", batches=(1, 2), repeats=3, warmup=1, concurrency=2)
+    assert cached.device == "cpu-1tx2"
+    assert cache_path(model_file, 1, 2).is_file()
+    assert not cache_path(model_file, 1).exists()

@@ -25,6 +25,12 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default: 1)")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="run this many copies at once, as that many serving slots would (default: 1)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs per batch size (default: %(default)s)"
     )
     parser.add_argument(
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.name,
         batches=batches,
         threads=args.threads,
+        concurrency=args.concurrency,
         warmup=args.warmup,
         repeats=args.repeats,
         shapes=shapes,

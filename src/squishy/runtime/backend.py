@@ -132,6 +132,13 @@ class Worker:
                 self._condition.notify()
             return admitted
 
+    def backlog(self, session_id: str) -> int:
+        """Inputs of this session waiting here, plus one while a batch runs: a cheap, lock-free reading
+        (each attribute read is atomic) for routing; it may be a moment stale."""
+        slot = self._by_session.get(session_id)
+        waiting = slot.queue.inputs if slot is not None else 0
+        return waiting + (1 if self.busy else 0)
+
     def queued(self) -> dict[str, int]:
         with self._condition:
             return {slot.session_id: len(slot.queue) for slot in self._slots}

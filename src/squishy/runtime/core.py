@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 # How often the control loop looks at the measured rates (s).
 CONTROL_TICK_S = 0.5
+# Calibration of early drop's latency predictions from observed batches (see ``_Session.slowdown``).
+SLOWDOWN_SMOOTHING = 0.05
+MIN_SLOWDOWN, MAX_SLOWDOWN = 0.5, 3.0
 # Headroom search: plan for up to this multiple of the measured load when slots are spare. On one
 # machine the slots are there anyway; using them all for the load's shape gives the most room for bursts.
 DEFAULT_MAX_HEADROOM = 1000.0
@@ -83,6 +86,23 @@ class _Session:
     profile: Profile  # the scheduler's profile (model = session id), interpolated over batch sizes
     priority_levels: int
     default_priority: int
+    # Observed ÷ profiled batch latency, smoothed: how fast batches really run while serving (the request
+    # handling shares the cores). Early drop scales ℓ by it, so its in-time checks stay honest.
+    slowdown: float = 1.0
+    profiled_ms: Callable[[int], float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.profiled_ms = queue_latency(self.profile)
+
+    def observe(self, inputs: int, infer_ms: float) -> None:
+        predicted = self.profiled_ms(inputs)
+        if predicted > 0:
+            ratio = min(max(infer_ms / predicted, MIN_SLOWDOWN), MAX_SLOWDOWN)
+            self.slowdown += SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
+
+    def latency_ms(self, inputs: int) -> float:
+        """ℓ(inputs) as early drop should predict it: the profile, scaled by the observed slowdown."""
+        return self.profiled_ms(inputs) * self.slowdown
 
 
 @dataclass
@@ -216,15 +236,29 @@ class ServingCore(BatchSink):
             priority=self._priority_level(session, request.priority),
             payload=_Pending(future, request, spec, int(arrival_s * 1e9)),
         )
-        worker = self._workers[router.pick()]
+        worker = self._workers[self._route(sid, router)]
         if not worker.submit(sid, item):
             self._count_dropped(spec, [item])
-            alone_ms = queue_latency(session.profile)(item.size)
+            alone_ms = session.latency_ms(item.size)
             raise UnavailableError(
                 f"model {spec.name!r}: the request cannot finish within its {budget_ms:g} ms deadline "
                 f"(running it alone takes {alone_ms:.1f} ms here)"
             )
         return await future
+
+    def _route(self, sid: str, router: DeficitRoundRobin[int]) -> int:
+        """The slot for a request of ``sid``: deficit round robin on the plan's rates, except that on one
+        machine every queue is in sight, so a slot with a clearly shorter backlog (per unit of planned
+        rate) takes the request: no slot idles while another of the same session has a backlog."""
+        choice = router.pick()
+        if len(router.targets) == 1:
+            return choice
+        best, best_score = choice, (self._workers[choice].backlog(sid) + 1) / router.weight_of(choice)
+        for target in router.targets:
+            score = (self._workers[target].backlog(sid) + 1) / router.weight_of(target)
+            if score < best_score - 1e-9:
+                best, best_score = target, score
+        return best
 
     def _priority_level(self, session: _Session, priority: int) -> int:
         if session.priority_levels <= 0:
@@ -280,8 +314,12 @@ class ServingCore(BatchSink):
             # No work at all: a token latency keeps every profile rule well defined.
             table = {str(b): 1e-3 for b in range(1, max_batch + 1)}
             return Profile.from_dict({"model": session_id(spec), "device": "null", "batch_ms": table})
+        # Measured with every slot running at once, as they will while serving (shared caches and memory).
         measured = self.repository.profile(
-            spec, self.config.layout.threads_per_slot, progress=self.config.profile_progress
+            spec,
+            self.config.layout.threads_per_slot,
+            concurrency=self.config.layout.slots,
+            progress=self.config.profile_progress,
         )
         table = {str(b): v for b, v in measured.batch_ms.items() if b <= max_batch}
         if not table:
@@ -414,7 +452,7 @@ class ServingCore(BatchSink):
                         spec=session.spec,
                         executor=self._executors[(worker, sid)],
                         batch=limits[sid],
-                        queue=SessionQueue(queue_latency(session.profile), DropPolicy.EARLY),
+                        queue=SessionQueue(session.latency_ms, DropPolicy.EARLY),
                     )
                 weights.setdefault(sid, {})
                 weights[sid][worker] = weights[sid].get(worker, 0.0) + allocation.rate
@@ -433,7 +471,7 @@ class ServingCore(BatchSink):
             if router is None:
                 self._fail(item, UnavailableError(f"model {item.payload.spec.name!r} was unloaded"))
                 continue
-            worker = self._workers[router.pick()]
+            worker = self._workers[self._route(sid, router)]
             if not worker.submit(sid, item):
                 self._count_dropped(item.payload.spec, [item])
                 self._settle([(item.payload.future, _dropped_error(item.payload.spec))])
@@ -494,6 +532,9 @@ class ServingCore(BatchSink):
             output_ns=timing.output_ns,
         )
         self.metrics.record_batch(spec.name, spec.version, inputs, queue_ns, compute_ns, requests=len(items))
+        session = self._sessions.get(slot.session_id)
+        if session is not None:
+            session.observe(inputs, compute_ns / 1e6)
         settled = []
         for item, output in zip(items, outputs, strict=True):
             pending: _Pending = item.payload

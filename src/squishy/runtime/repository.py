@@ -734,7 +734,14 @@ class ModelRepository:
         return None
 
     def profile(
-        self, spec: ModelSpec, threads: int, *, warmup: int = 3, repeats: int = 10, progress: bool = False
+        self,
+        spec: ModelSpec,
+        threads: int,
+        *,
+        warmup: int = 3,
+        repeats: int = 10,
+        progress: bool = False,
+        concurrency: int = 1,
     ) -> Profile:
         """The model's ℓ(b) on this machine with ``threads`` intra-op threads, cleaned for scheduling: the
         user's ``profile.json`` if any, else a cached measurement beside the model file (valid while newer
@@ -749,6 +756,7 @@ class ModelRepository:
             spec.model_path or Path(),
             model_name=spec.name,
             threads=threads,
+            concurrency=concurrency,
             batches=profile_batches(spec),
             shapes={t.name: t.dims for t in spec.inputs},
             batching=spec.max_batch_size > 0,
