@@ -211,3 +211,39 @@ def test_a_model_whose_slo_this_machine_cannot_meet_is_not_ready_with_the_reason
     assert ready
     assert index["slow"].state == "UNAVAILABLE"
     assert "SLO 15 ms is below" in index["slow"].reason
+
+
+def test_an_idle_slot_steals_batches_only_when_its_own_promises_allow(tmp_path: Path):
+    """Slot 0 runs "slow" alone (20 ms batches, loose SLO); slot 1 runs "fast" (1 ms, SLO 30 ms, cycle 20 ms:
+    10 ms of slack). Under a backlog of "slow", slot 1 may not take a 20 ms batch of it (that would break
+    "fast"'s promise); with "fast" gone from the plan, slot 1 has nothing to protect and helps."""
+    repo = repository(
+        tmp_path,
+        {"slow": {"slo": 2000, "batch_ms": {"1": 20}}, "fast": {"slo": 30, "batch_ms": {"1": 1}}},
+    )
+
+    def plan(with_fast: bool) -> Plan:
+        slow = Backend(0, 20.0, (Allocation("slow:1", 2000, 50.0, 1, 20.0, 1999.0),))
+        fast = Backend(1, 20.0, (Allocation("fast:1", 30, 50.0, 1, 1.0, 29.0),))
+        return Plan((slow, fast) if with_fast else (slow,), lower_bound=0.0)
+
+    async def burst(serving: ServingCore, with_fast: bool) -> int:
+        chosen = plan(with_fast)
+        serving._load_executors(chosen, {0: 0, 1: 1})
+        serving._install(chosen, {0: 0, 1: 1})
+        before = serving._workers[1].batches_stolen
+        results = await asyncio.gather(*(serving.infer(request("slow")) for _ in range(12)), return_exceptions=True)
+        assert all(not isinstance(r, BaseException) for r in results)
+        return serving._workers[1].batches_stolen - before
+
+    async def scenario():
+        serving = core(repo, slots=2)
+        await serving.start()
+        try:
+            return await burst(serving, with_fast=True), await burst(serving, with_fast=False)
+        finally:
+            await serving.stop()
+
+    guarded, free = asyncio.run(scenario())
+    assert guarded == 0
+    assert free > 0

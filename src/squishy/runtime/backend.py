@@ -65,19 +65,37 @@ class BatchSink:
 
 
 class Worker:
-    """One backend of the plan, running in its own thread."""
+    """One backend of the plan, running in its own thread.
 
-    def __init__(self, worker_id: int, sink: BatchSink, clock: Callable[[], float] = now_ms) -> None:
+    Workers on one machine share one lock (``condition``): every queue operation is short, and sharing
+    it lets an idle worker take a batch from a busy neighbour's queue (work stealing) without lock
+    ordering. A worker steals only from a busy neighbour, only sessions it has an executor for, and only
+    a batch short enough that its own sessions' promises hold: a request of its own arriving meanwhile
+    waits at most that batch more, which ``steal_budget_ms`` (the least slack d + ℓ(b) leaves under any
+    of its sessions' budgets) must cover. A worker with no sessions of its own may steal anything.
+    """
+
+    def __init__(
+        self,
+        worker_id: int,
+        sink: BatchSink,
+        clock: Callable[[], float] = now_ms,
+        condition: threading.Condition | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self._sink = sink
         self._clock = clock
-        self._condition = threading.Condition()
+        self._condition = condition if condition is not None else threading.Condition()
         self._slots: list[SessionSlot] = []
         self._by_session: dict[str, SessionSlot] = {}
         self._turn = 0
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"squishy-backend-{worker_id}", daemon=True)
-        self.busy = False  # executing a batch right now (for tests and metrics)
+        self.busy = False  # executing a batch right now (for routing, stealing and tests)
+        self.peers: list[Worker] = []  # workers sharing ``condition`` that this one may steal from
+        self.steal_budget_ms = 0.0  # the longest batch it may steal (0: none)
+        self.spare_executors: dict[str, Executor] = {}  # session → an executor here, for stolen batches
+        self.batches_stolen = 0
 
     # ------------------------------------------------------------------------------ control side
     def start(self) -> None:
@@ -98,11 +116,18 @@ class Worker:
         with self._condition:
             return self._by_session.get(session_id)
 
-    def assign(self, slots: Sequence[SessionSlot]) -> list[tuple[str, Item]]:
+    def assign(
+        self,
+        slots: Sequence[SessionSlot],
+        steal_budget_ms: float = 0.0,
+        spare_executors: dict[str, Executor] | None = None,
+    ) -> list[tuple[str, Item]]:
         """Run exactly ``slots`` from now on. A session that stays keeps its queue (with the new batch
         size); the queued requests of sessions that leave are returned so the caller can re-route them.
         A batch in flight finishes first on the old assignment: nothing accepted is lost."""
         with self._condition:
+            self.steal_budget_ms = steal_budget_ms
+            self.spare_executors = dict(spare_executors or {})
             kept: list[SessionSlot] = []
             for slot in slots:
                 current = self._by_session.get(slot.session_id)
@@ -129,7 +154,7 @@ class Worker:
                 raise KeyError(session_id)
             admitted = slot.queue.admit(item, self._clock())
             if admitted:
-                self._condition.notify()
+                self._condition.notify_all()  # the owner, or an idle neighbour that may steal it
             return admitted
 
     def backlog(self, session_id: str) -> int:
@@ -158,8 +183,11 @@ class Worker:
             if work is not None:
                 self._execute(*work)
 
-    def _next_batch(self) -> tuple[tuple[SessionSlot, list[Item], float] | None, list[tuple[SessionSlot, list[Item]]]]:
-        """Under the lock: sweep hopeless requests, then take the next session's batch round-robin."""
+    def _next_batch(
+        self,
+    ) -> tuple[tuple[SessionSlot, list[Item], float, Executor] | None, list[tuple[SessionSlot, list[Item]]]]:
+        """Under the lock: sweep hopeless requests, then take the next session's batch round-robin; with
+        nothing of its own to run, a batch stolen from a busy neighbour."""
         now = self._clock()
         swept: list[tuple[SessionSlot, list[Item]]] = []
         for slot in self._slots:
@@ -177,13 +205,36 @@ class Worker:
                 swept.append((slot, decision.dropped))
             if decision.batch:
                 self._turn = (index + 1) % count
-                return (slot, decision.batch, now), swept
-        return None, swept
+                return (slot, decision.batch, now, slot.executor), swept
+        return self._steal(now, swept), swept
 
-    def _execute(self, slot: SessionSlot, items: list[Item], started_ms: float) -> None:
+    def _steal(
+        self, now: float, swept: list[tuple[SessionSlot, list[Item]]]
+    ) -> tuple[SessionSlot, list[Item], float, Executor] | None:
+        if self.steal_budget_ms <= 0 or not self.spare_executors:
+            return None
+        for peer in self.peers:
+            if not peer.busy:
+                continue  # an idle owner takes its own work when woken
+            for slot in peer._slots:
+                executor = self.spare_executors.get(slot.session_id)
+                if executor is None or len(slot.queue) == 0:
+                    continue
+                limit = slot.dispatch.batch_limit(slot.batch)
+                if slot.queue.latency_ms(min(slot.queue.inputs, limit)) > self.steal_budget_ms:
+                    continue
+                decision = slot.queue.form_batch(now, limit)
+                if decision.dropped:
+                    swept.append((slot, decision.dropped))
+                if decision.batch:
+                    self.batches_stolen += 1
+                    return slot, decision.batch, now, executor
+        return None
+
+    def _execute(self, slot: SessionSlot, items: list[Item], started_ms: float, executor: Executor) -> None:
         self.busy = True
         try:
-            outputs, timing = run_batch(slot.spec, slot.executor, items, started_ms)
+            outputs, timing = run_batch(slot.spec, executor, items, started_ms)
         except Exception as error:  # an executor failure fails this batch, never the worker
             logger.exception("backend %d: batch of %s failed", self.worker_id, slot.session_id)
             self._sink.batch_failed(slot, items, error)

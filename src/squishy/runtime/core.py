@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,9 +60,10 @@ CONTROL_TICK_S = 0.5
 # Calibration of early drop's latency predictions from observed batches (see ``_Session.slowdown``).
 SLOWDOWN_SMOOTHING = 0.05
 MIN_SLOWDOWN, MAX_SLOWDOWN = 0.5, 3.0
-# Headroom search: plan for up to this multiple of the measured load when slots are spare. On one
-# machine the slots are there anyway; using them all for the load's shape gives the most room for bursts.
-DEFAULT_MAX_HEADROOM = 1000.0
+# Headroom search: plan for up to this multiple of the measured load when slots are spare. Planning for
+# much more would reshape the plan around load that is not there (e.g. a costly model's rate inflated onto
+# the slot that serves tight-SLO models); spare time beyond it is used by work stealing instead.
+DEFAULT_MAX_HEADROOM = 2.0
 MIN_HEADROOM = 1e-4
 
 
@@ -75,6 +77,7 @@ class ServingConfig:
     profile_inflation: float = 1.1  # measured ℓ(b) × this: the executors share memory bandwidth
     min_rate_per_s: float = 1.0  # every ready model is provisioned at least this rate, so it has a backend
     max_headroom: float = DEFAULT_MAX_HEADROOM
+    work_stealing: bool = True  # idle slots run batches of busy slots' sessions when their promises allow
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
     profile_progress: bool = False
 
@@ -130,7 +133,12 @@ class ServingCore(BatchSink):
         self.stats = StatisticsBook()
         self.rates = RateEstimator()
         self.epochs = EpochPolicy(epoch_s=self.config.epoch_s, min_interval_s=self.config.min_replan_interval_s)
-        self._workers = [Worker(i, self) for i in range(self.config.layout.slots)]
+        # One lock for every worker on this machine: queue operations are short, and sharing it lets an
+        # idle worker steal a batch from a busy one (see ``Worker``).
+        self._machine = threading.Condition()
+        self._workers = [Worker(i, self, condition=self._machine) for i in range(self.config.layout.slots)]
+        for worker in self._workers:
+            worker.peers = [w for w in self._workers if w is not worker]
         self._sessions: dict[str, _Session] = {}
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
@@ -423,22 +431,26 @@ class ServingCore(BatchSink):
         """Create (in a worker thread, before the switch) every executor the plan needs that is missing."""
         threads = self.config.layout.threads_per_slot
         kind = "null" if self.config.executor.startswith("null") else self.config.executor
-        for backend in plan.backends:
-            worker = mapping[backend.backend_id]
-            for allocation in backend.allocations:
-                key = (worker, allocation.model)
-                if key not in self._executors:
-                    session = self._sessions[allocation.model]
-                    null_profile = session.profile if self.config.executor == "null" else None
-                    self._executors[key] = make_executor(session.spec, kind, threads, null_profile)
+        needed = {(mapping[b.backend_id], a.model) for b in plan.backends for a in b.allocations}
+        if self.config.work_stealing:  # every slot can run every planned session's stolen batches
+            needed |= {(w, sid) for w in range(len(self._workers)) for _, sid in needed}
+        for key in sorted(needed):
+            if key not in self._executors:
+                session = self._sessions[key[1]]
+                null_profile = session.profile if self.config.executor == "null" else None
+                self._executors[key] = make_executor(session.spec, kind, threads, null_profile)
 
     def _install(self, plan: Plan | None, mapping: dict[int, int]) -> int:
         """Switch to ``plan``; returns how many sessions landed on a slot they were not on. Runs on the event
         loop, so no request is routed half-way through."""
         per_worker: dict[int, dict[str, SessionSlot]] = {w: {} for w in range(len(self._workers))}
         weights: dict[str, dict[int, float]] = {}
+        budgets: dict[int, float] = {}  # worker → the longest batch it may steal without breaking a promise
         for backend in plan.backends if plan is not None else ():
             worker = mapping[backend.backend_id]
+            cycle = backend.duty_cycle_ms or 0.0
+            slack = min((a.budget_ms - cycle - a.latency_ms for a in backend.allocations), default=math.inf)
+            budgets[worker] = min(budgets.get(worker, math.inf), max(slack, 0.0))
             limits = burst_batches(backend, self._scheduled_latency, lambda sid: self._sessions[sid].profile.max_batch)
             for allocation in backend.allocations:
                 sid = allocation.model
@@ -461,10 +473,13 @@ class ServingCore(BatchSink):
         }
         orphans: list[tuple[str, Item]] = []
         moved = 0
+        planned = set(weights)
         for index, worker in enumerate(self._workers):
             before = set(worker.session_ids)
             moved += sum(1 for sid in per_worker[index] if sid not in before)
-            orphans.extend(worker.assign(list(per_worker[index].values())))
+            spare = {sid: self._executors[(index, sid)] for sid in planned if (index, sid) in self._executors}
+            budget = budgets.get(index, math.inf) if self.config.work_stealing else 0.0
+            orphans.extend(worker.assign(list(per_worker[index].values()), budget, spare))
         self.requests_moved += len(orphans)
         for sid, item in orphans:  # queued requests move with their session
             router = self._routers.get(sid)
@@ -480,6 +495,8 @@ class ServingCore(BatchSink):
         # Forget executors no slot uses any more (an unloaded model, a session that moved). A batch still
         # running on one keeps its own reference, so it is freed when that batch is done, not under it.
         in_use = {(w, sid) for w, slots in per_worker.items() for sid in slots}
+        if self.config.work_stealing:
+            in_use |= {(w, sid) for w in range(len(self._workers)) for sid in planned}
         self._executors = {key: executor for key, executor in self._executors.items() if key in in_use}
         if plan is not None:
             self.metrics.set_plan(plan, labels=self._labels())
