@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import socket
 import sys
 import time
@@ -23,6 +22,7 @@ import httptools
 import orjson
 
 from squishy.bench.config import BenchConfig, ModelLoad
+from squishy.bench.launch import process_cpu_s
 from squishy.bench.report import render_search, render_step
 from squishy.bench.search import SearchResult, SearchSettings, search
 
@@ -168,12 +168,8 @@ class TrivialServer:
 
     def cpu_s(self) -> float:
         """The server process's CPU time so far (Linux /proc; NaN elsewhere)."""
-        try:
-            with open(f"/proc/{self._process.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        assert self._process.pid is not None
+        return process_cpu_s(self._process.pid)
 
     def stop(self) -> None:
         self._process.terminate()

@@ -21,6 +21,16 @@ from pathlib import Path
 START_TIMEOUT_S = 300.0
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[str]
@@ -50,12 +60,7 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """The server process's CPU time so far (Linux /proc; NaN elsewhere)."""
-        try:
-            with open(f"/proc/{self.process.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
+        return process_cpu_s(self.process.pid)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.alive():
