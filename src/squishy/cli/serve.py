@@ -102,8 +102,8 @@ def _announce(core: ServingCore, host: str, http: int, grpc: int, metrics: int |
         print(render(core.plan), flush=True)
         print(
             f"(rates are the capacity planned: {core.headroom:.3g}x the measured load, at least "
-            f"{core.config.min_rate_per_s:g} req/s per model; spare slots become headroom, and the plan is "
-            f"revised every {core.config.epoch_s:g} s as load is measured)",
+            f"{core.config.min_rate_per_s:g} req/s per model; idle slots also take short batches from busy "
+            f"ones, and the plan is revised every {core.config.epoch_s:g} s as load is measured)",
             flush=True,
         )
     print(f"squishy: serving OIP REST on http://{shown}:{http}/v2, gRPC on {shown}:{grpc}", flush=True)
