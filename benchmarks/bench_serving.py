@@ -10,7 +10,7 @@
    against N_slots × max over b with 2ℓ(b) ≤ SLO of b/ℓ(b), ℓ measured per slot by squishy's profiler.
    The load generator shares the 2 cores with the server: its CPU share is printed beside the figure.
 
-    .venv/bin/python benchmarks/bench_serving.py [--part overhead|goodput|all] [--duration 10]
+    .venv/bin/python benchmarks/bench_serving.py [--part overhead|goodput|all] [--duration 30]
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ def goodput(duration_s: float) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("overhead", "goodput", "all"), default="all")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measured run")
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds measured per run (shorter steps hang on single hiccups)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     results: dict[str, object] = {}
