@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from squishy.bench.launch import terminate
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -211,13 +213,7 @@ class Server:
     def stop(self, timeout_s: float = 60.0) -> list[int]:
         """SIGTERM the server and wait (it shuts its own children down); then end by pid whatever is
         left in its session. Returns the pids that had to be ended that way."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s)
         stragglers = session_members(self.session)
         leftovers = list(stragglers)
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 START_TIMEOUT_S = 300.0
 
@@ -29,6 +30,18 @@ def process_cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM (a graceful shutdown) and wait; SIGKILL if it is not gone within ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass
@@ -63,13 +76,7 @@ class ServerProcess:
         return process_cpu_s(self.process.pid)
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s)
 
     def __enter__(self) -> ServerProcess:
         return self

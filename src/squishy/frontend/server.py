@@ -169,30 +169,11 @@ def _grpc_address(host: str, port: int) -> str:
 
 
 async def serve(
-    service: ModelService,
-    *,
-    host: str = "0.0.0.0",
-    http_port: int = DEFAULT_HTTP_PORT,
-    grpc_port: int = DEFAULT_GRPC_PORT,
-    metrics_port: int | None = DEFAULT_METRICS_PORT,
-    metrics: ServerMetrics | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
-    grace_s: float = DEFAULT_GRACE_S,
-    on_started: Callable[[BoundPorts], None] | None = None,
+    service: ModelService, *, on_started: Callable[[BoundPorts], None] | None = None, **options: Any
 ) -> None:
-    """Serve until cancelled, then shut down gracefully. ``on_started`` receives the bound ports."""
-    server = FrontendServer(
-        service,
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        metrics=metrics,
-        max_body_bytes=max_body_bytes,
-        compress_min_bytes=compress_min_bytes,
-        grace_s=grace_s,
-    )
+    """Serve until cancelled, then shut down gracefully. ``options`` are ``FrontendServer``'s keywords;
+    ``on_started`` receives the bound ports."""
+    server = FrontendServer(service, **options)
     ports = await server.start()
     try:
         if on_started is not None:

@@ -43,6 +43,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _non_negative_int(value: Any, what: str) -> int:
+    if not _is_int(value) or value < 0:
+        raise InvalidRequestError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 # ---------------------------------------------------------------------------------- parameters
 
 
@@ -94,11 +100,7 @@ def input_binary_size(name: str, params: Mapping[str, Any] | None) -> int | None
     size = None
     for key, value in params.items():
         if key == "binary_data_size":
-            if not _is_int(value) or value < 0:
-                raise InvalidRequestError(
-                    f"parameter 'binary_data_size' of input '{name}' must be a non-negative integer, got {value!r}"
-                )
-            size = value
+            size = _non_negative_int(value, f"parameter 'binary_data_size' of input '{name}'")
         elif key in _SHARED_MEMORY_PARAMS:
             raise InvalidRequestError(f"input '{name}': shared memory is not supported; send the data in the request")
     return size
@@ -139,11 +141,7 @@ def select_outputs(
                     )
                 binary = value
             elif key == "classification":
-                if not _is_int(value) or value < 0:
-                    raise InvalidRequestError(
-                        f"parameter 'classification' of output '{name}' must be a non-negative integer, got {value!r}"
-                    )
-                class_count = value
+                class_count = _non_negative_int(value, f"parameter 'classification' of output '{name}'")
             elif key in _SHARED_MEMORY_PARAMS:
                 raise InvalidRequestError(f"output '{name}': shared memory is not supported")
         selections.append(OutputSelection(name, binary, class_count))
