@@ -1,4 +1,8 @@
-"""The greedy packing against the exact optimum on small instances (every partition of ≤ 7 sessions)."""
+"""The greedy packing against the exact optimum on small instances (every partition of ≤ 7 sessions).
+
+The instances come from ``squishy.scheduler.instances``; ``benchmarks/bench_scheduler.py --part optimum``
+prints the figures for the same ones.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +10,16 @@ import random
 import statistics
 
 from squishy.profiles import Profile
-from squishy.scheduler.demand import Demand, saturating_batch
+from squishy.scheduler.demand import Demand
+from squishy.scheduler.instances import COUNT, SEED, random_instance
 from squishy.scheduler.optimum import block_cycle, optimal_backends
 from squishy.scheduler.packing import pack
 
-INSTANCES = 300
-
-
-def random_profile(rng: random.Random, name: str) -> Profile:
-    kind = rng.random()
-    if kind < 0.4:  # restricted, linear
-        alpha, beta = rng.uniform(0.5, 10), rng.uniform(1, 30)
-        batches = sorted(rng.sample([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64], rng.randint(2, 8)))
-        return Profile.from_dict({"model": name, "batch_ms": {str(b): alpha * b + beta for b in batches}})
-    if kind < 0.7:  # sub-linear, GPU-like
-        table = {str(b): rng.uniform(5, 20) * b ** rng.uniform(0.5, 1.0) for b in (1, 2, 4, 8, 16, 32)}
-        return Profile.from_dict({"model": name, "batch_ms": table})
-    return Profile.linear(name, rng.uniform(0.5, 10), rng.uniform(1, 30), max_batch=rng.choice([8, 16, 32, 64]))
-
-
-def random_instance(rng: random.Random) -> list[Demand]:
-    demands = []
-    for i in range(rng.randint(2, 7)):
-        profile = random_profile(rng, f"m{i}")
-        slo = 2 * profile.latency_ms(profile.min_batch) * rng.uniform(1.0, 6.0)
-        throughput = profile.throughput(saturating_batch(profile, slo, None))
-        # Residual-sized rates: each session fits one backend, so packing is all that matters.
-        share = rng.choice([rng.uniform(0.02, 0.3), rng.uniform(0.15, 0.6), rng.uniform(0.3, 1.0)])
-        demands.append(Demand(f"m{i}", slo, slo, throughput * share, profile))
-    return demands
-
 
 def test_greedy_is_close_to_the_optimum():
-    rng = random.Random(20191027)
+    rng = random.Random(SEED)
     ratios, excess = [], []
-    for _ in range(INSTANCES):
+    for _ in range(COUNT):
         demands = random_instance(rng)
         greedy = len(pack(demands, None))
         best = optimal_backends(demands)
