@@ -15,3 +15,10 @@ class WorkloadError(SquishyError, ValueError):
 
 class InfeasibleError(WorkloadError):
     """No plan can meet a session's SLO with the profiles given."""
+
+
+class ArrivalsError(WorkloadError):
+    """An arrival process or rate schedule is malformed (unknown kind, bad CV, unreadable trace file).
+
+    A ``WorkloadError``, so the simulator's callers report it as they report any bad workload setting;
+    ``squishy bench`` prints it as it prints its own ``BenchError``: one line, no traceback."""

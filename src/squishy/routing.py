@@ -1,47 +1,106 @@
 """Routing a session's requests across its backends in proportion to the plan's rates.
 
-Deficit round robin: backends take turns; each turn adds its weight (its share of the session's rate,
-normalized so the largest is 1) to its deficit, and a backend receives requests while its deficit
-covers them. Over any run of requests each backend gets its share to within one request, with no
-randomness, so the simulator and the real frontend route identically. Pure: no clocks, no I/O.
+Deficit round robin: in round r = 1, 2, ... each target i in turn sends ⌊r·q_i⌋ − ⌊(r−1)·q_i⌋ requests,
+where q_i = w_i / max(w) is its quantum. After r rounds target i has sent exactly ⌊r·q_i⌋, so over any
+run of requests each target gets its share to within one request, with no randomness. The sequence is
+generated many rounds at a time with numpy; ``pick`` takes one request's target (the server, per
+request), ``take`` many at once (the simulator, per chunk of arrivals): both read the same sequence.
+
+On one machine every queue is in sight, so ``pick_by_backlog`` lets a target with a clearly shorter
+backlog (per unit of planned rate) take the request: no slot idles while another slot of the same
+session has a queue. Pure: no clocks, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
+
+import numpy as np
 
 Target = TypeVar("Target")
 
+# Credits are floored with this tolerance, so that r·q that should be an integer is not one short.
+CREDIT_EPSILON = 1e-9
+# A target must beat the round-robin choice's backlog score by more than this to take the request.
+BACKLOG_TOLERANCE = 1e-9
 
-@dataclass
+
 class DeficitRoundRobin(Generic[Target]):
     """Picks one of ``targets`` per request, each in proportion to its weight."""
 
-    targets: Sequence[Target]
-    weights: Sequence[float]
-    _quanta: list[float] = field(init=False, repr=False)
-    _deficits: list[float] = field(init=False, repr=False)
-    _turn: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if len(self.targets) != len(self.weights) or not self.targets:
-            raise ValueError("deficit round robin needs one positive weight per target, and at least one target")
-        if any(w < 0 for w in self.weights) or max(self.weights) <= 0:
+    def __init__(self, targets: Sequence[Target], weights: Sequence[float]) -> None:
+        if len(targets) != len(weights) or not targets:
+            raise ValueError("deficit round robin needs one weight per target, and at least one target")
+        weights_array = np.asarray(weights, dtype=float)
+        if not np.all(weights_array >= 0) or weights_array.max() <= 0:
             raise ValueError("weights must be non-negative with at least one positive")
-        largest = max(self.weights)
-        self._quanta = [w / largest for w in self.weights]
-        self._deficits = [0.0] * len(self.targets)
+        self.targets = list(targets)
+        self.weights = [float(w) for w in weights]
+        self._quantum = weights_array / weights_array.max()
+        self._per_round = float(self._quantum.sum())
+        self._rounds = 0  # rounds generated so far
+        self._buffer = np.empty(0, dtype=np.int64)  # target indices generated and not yet taken
+        self._position = 0
+        self._single = len(self.targets) == 1
 
     def weight_of(self, target: Target) -> float:
-        return self.weights[list(self.targets).index(target)]
+        return self.weights[self.targets.index(target)]
 
     def pick(self) -> Target:
-        count = len(self.targets)
-        while self._deficits[self._turn] < 1.0 - 1e-12:
-            # The largest quantum is 1, so at most one full round passes before some deficit covers a request.
-            self._turn = (self._turn + 1) % count
-            self._deficits[self._turn] += self._quanta[self._turn]
-        self._deficits[self._turn] -= 1.0
-        return self.targets[self._turn]
+        """The next request's target."""
+        if self._single:
+            return self.targets[0]
+        if self._position >= len(self._buffer):
+            self._refill(1)
+        index = int(self._buffer[self._position])
+        self._position += 1
+        return self.targets[index]
+
+    def take(self, count: int) -> np.ndarray:
+        """The targets (indices into ``targets``) of the next ``count`` requests."""
+        if self._single:
+            return np.zeros(count, dtype=np.int64)
+        available = len(self._buffer) - self._position
+        if available < count:
+            self._refill(count - available)
+        out = self._buffer[self._position : self._position + count]
+        self._position += count
+        return out
+
+    def _refill(self, needed: int) -> None:
+        rest = self._buffer[self._position :]
+        rounds = int(needed / self._per_round) + 2
+        index = np.arange(self._rounds, self._rounds + rounds + 1, dtype=float)
+        credit = np.floor(index[:, None] * self._quantum[None, :] + CREDIT_EPSILON)
+        sends = np.diff(credit, axis=0).astype(np.int64)
+        order = np.arange(len(self.targets), dtype=np.int64)
+        pattern = np.repeat(np.tile(order, rounds), sends.ravel())
+        self._buffer = np.concatenate((rest, pattern))
+        self._position = 0
+        self._rounds += rounds
+
+
+def pick_by_backlog(router: DeficitRoundRobin[Target], backlog: Callable[[Target], int]) -> Target:
+    """Deficit round robin, except that a target whose backlog per unit of planned rate is clearly
+    shorter takes the request (the first such target in order, when several are)."""
+    choice = router.pick()
+    if len(router.targets) == 1:
+        return choice
+    best, best_score = choice, (backlog(choice) + 1) / router.weight_of(choice)
+    for target, weight in zip(router.targets, router.weights, strict=True):
+        if weight <= 0:
+            continue
+        score = (backlog(target) + 1) / weight
+        if score < best_score - BACKLOG_TOLERANCE:
+            best, best_score = target, score
+    return best
+
+
+def split_by_target(targets: np.ndarray, count: int) -> list[np.ndarray]:
+    """For each target 0..count-1, the positions routed to it (ascending)."""
+    if count == 1:
+        return [np.arange(len(targets))]
+    order = np.argsort(targets, kind="stable")
+    bounds = np.cumsum(np.bincount(targets, minlength=count))[:-1]
+    return np.split(order, bounds)

@@ -97,7 +97,8 @@ def test_search_prints_the_steps_and_the_goodput(limited: LimitedServer, capsys:
     assert code == 0
     captured = capsys.readouterr()
     assert "goodput at the SLO (99% within SLO): 100.0 req/s offered" in captured.out
-    assert "ramp" in captured.err and "confirm" in captured.err
+    assert "scan" in captured.err and "confirm" in captured.err
+    assert "pass/fail curve:" in captured.out
 
 
 def test_the_installed_command_prints_no_traceback() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from squishy.control import EpochPolicy, RateEstimator, ReplanReason
-from squishy.routing import DeficitRoundRobin
+from squishy.control import DoesNotFit, EpochPolicy, RateEstimator, ReplanReason, largest_fitting
+from squishy.routing import DeficitRoundRobin, pick_by_backlog
+from squishy.scheduler import Backend, Plan
 
 
 def test_rate_estimate_converges_to_the_offered_rate_and_follows_a_step():
@@ -58,3 +61,76 @@ def test_deficit_round_robin_rejects_bad_weights():
         DeficitRoundRobin(["x"], [0.0])
     with pytest.raises(ValueError):
         DeficitRoundRobin([], [])
+
+
+# ----------------------------------------------------------------- one router, one estimator, one fit
+def test_picking_one_at_a_time_and_taking_in_bulk_give_the_same_sequence():
+    weights = [160.0, 64.0, 16.0, 0.0, 33.3]
+    one = DeficitRoundRobin(list(range(5)), weights)
+    bulk = DeficitRoundRobin(list(range(5)), weights)
+    singles = [one.pick() for _ in range(5000)]
+    taken = np.concatenate([bulk.take(n) for n in (1, 7, 300, 2, 4690)]).tolist()
+    assert singles == taken
+    assert 3 not in singles  # a zero weight gets nothing
+
+
+def test_the_shorter_backlog_takes_the_request_where_queues_are_in_sight():
+    router = DeficitRoundRobin(["x", "y"], [1.0, 1.0])
+    backlog = {"x": 10, "y": 0}
+    assert [pick_by_backlog(router, backlog.__getitem__) for _ in range(4)] == ["y"] * 4
+    backlog = {"x": 3, "y": 3}  # equal: round robin decides
+    assert sorted(pick_by_backlog(router, backlog.__getitem__) for _ in range(4)) == ["x", "x", "y", "y"]
+
+
+def test_counting_in_bulk_and_one_by_one_gives_the_same_rates():
+    rng = np.random.default_rng(4)
+    times = np.sort(rng.uniform(0.0, 40.0, 4000))
+    single, bulk = RateEstimator(), RateEstimator()
+    for t in times.tolist():
+        single.record("a", t)
+    for chunk in np.array_split(times, 7):  # ahead of the reading time, as the simulator records
+        bulk.record_times("a", chunk)
+    for now in (5.5, 17.0, 40.5):
+        assert single.rates(now) == bulk.rates(now)
+
+
+def test_a_step_in_load_is_seen_within_two_windows_not_after_an_ewma_lag():
+    estimator = RateEstimator(window_s=1.0, time_constant_s=10.0)
+    for second in range(30):
+        for k in range(200):
+            estimator.record("a", second + k / 200)
+    assert estimator.rates(30.0)["a"] == pytest.approx(200.0, rel=0.02)
+    for second in range(30, 33):
+        for k in range(1200):
+            estimator.record("a", second + k / 1200)
+    assert estimator.rates(31.0)["a"] < 400  # one window high: could be a burst
+    assert estimator.rates(32.0)["a"] == pytest.approx(1200.0, rel=0.01)  # two: a level shift
+    for second in range(33, 36):
+        for k in range(200):
+            estimator.record("a", second + k / 200)
+    assert estimator.rates(35.0)["a"] == pytest.approx(200.0, rel=0.01)
+
+
+def test_poisson_noise_alone_is_never_a_level_shift():
+    rng = np.random.default_rng(9)
+    for rate in (5.0, 40.0, 1500.0):
+        estimator = RateEstimator()
+        estimator.seed({"a": rate})
+        for second in range(600):
+            estimator.record_times("a", second + np.sort(rng.uniform(0, 1, rng.poisson(rate))))
+        estimator.rates(600.0)
+        assert estimator.shifts == 0
+
+
+def test_the_fitting_search_finds_the_largest_scale_that_fits():
+    def plan(scale: float) -> Plan:
+        backends = max(1, math.ceil(3.7 * scale))
+        return Plan(tuple(Backend(i, 10.0, ()) for i in range(backends)), lower_bound=0.0)
+
+    scale, fitted = largest_fitting(plan, 5, start=2.0, upper=2.0, relative_tolerance=1e-3)
+    assert fitted.num_backends == 5 and 5 / 3.7 * 0.999 <= scale <= 5 / 3.7
+    scale, _ = largest_fitting(plan, 5, start=0.1, upper=None, relative_tolerance=1e-3)  # growing to fill
+    assert 5 / 3.7 * 0.999 <= scale <= 5 / 3.7
+    assert largest_fitting(plan, 5, start=1.0, upper=1.0) == (1.0, plan(1.0))  # fits: no search
+    with pytest.raises(DoesNotFit):
+        largest_fitting(lambda s: plan(1000.0), 5)

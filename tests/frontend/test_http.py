@@ -208,7 +208,7 @@ def test_reserved_and_custom_parameters_reach_the_core(
     request = service.requests[-1]
     assert (request.priority, request.timeout_us) == (2, 5000)
     assert request.parameters == {"tenant": "blue", "k": 3}
-    assert request.arrival_s > 0
+    assert request.arrival_ms > 0
 
 
 # ------------------------------------------------------------------------------------ raw HTTP

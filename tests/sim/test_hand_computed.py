@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from squishy.profiles import Profile
 from squishy.scheduler import Allocation, Backend, Plan, Session, Workload
-from squishy.sim import ArrivalSpec, SimConfig, Simulation
+from squishy.sim import Arrivals, SimConfig, Simulation
 
 SENDS_MS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 30)
 
@@ -44,7 +44,7 @@ def run(system: str, duty_cycle_ms: float = 22.0) -> Simulation:
         duration_s=0.1,
         warmup_s=0.0,
         network_ms=0.0,
-        arrivals=ArrivalSpec(kind="trace", trace_ms=tuple(float(t) for t in SENDS_MS)),
+        arrivals=Arrivals.replay([t / 1000.0 for t in SENDS_MS]),
         log_batches=True,
     )
     simulation = Simulation(workload, {"m": profile}, plan, system, config)

@@ -11,7 +11,7 @@ import pytest
 
 from squishy.profiles import Profile
 from squishy.scheduler import Allocation, Backend, Plan, Query, QueryStage, Session, Settings, Workload, make_plan
-from squishy.sim import ArrivalSpec, ControlConfig, RateSchedule, SimConfig, Simulation, plan_for
+from squishy.sim import Arrivals, ControlConfig, RateSchedule, SimConfig, Simulation, plan_for
 from squishy.sim.systems import SYSTEMS
 
 
@@ -126,7 +126,7 @@ def test_same_seed_same_results_and_seed_matters():
     plan = make_plan(wl, profiles())
 
     def run(seed: int) -> str:
-        config = SimConfig(duration_s=5.0, seed=seed, arrivals=ArrivalSpec("gamma", cv=2.0))
+        config = SimConfig(duration_s=5.0, seed=seed, arrivals=Arrivals.gamma(2.0))
         return json.dumps(Simulation(wl, profiles(), plan, "squishy", config).run().summary)
 
     assert run(11) == run(11)

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from squishy.scheduler.plan import Backend
+from squishy.scheduler.plan import Allocation, Backend
 
-LatencyFn = Callable[[str, int], float]  # (session model, batch) → scheduled ℓ in ms; inf if not allowed
+LatencyFn = Callable[[Allocation, int], float]  # (allocation, batch) → scheduled ℓ in ms; inf if not allowed
 
 
-def burst_batches(backend: Backend, latency_ms: LatencyFn, max_batch: Callable[[str], int]) -> dict[str, int]:
-    """Per allocation (by model), the largest batch it may run in one turn; at least its planned batch."""
-    limits: dict[str, int] = {}
+def burst_batches(backend: Backend, latency_ms: LatencyFn, max_batch: Callable[[Allocation], int]) -> list[int]:
+    """Per allocation (in the backend's order), the largest batch it may run in one turn; at least its
+    planned batch."""
+    limits: list[int] = []
     cycle = backend.duty_cycle_ms
     for allocation in backend.allocations:
         if cycle is None:  # no duty cycle, no promise to keep: the plan's batch
-            limits[allocation.model] = allocation.batch
+            limits.append(allocation.batch)
             continue
         own = (allocation.budget_ms - cycle + allocation.latency_ms) / 2.0
         others = min(
@@ -35,9 +36,9 @@ def burst_batches(backend: Backend, latency_ms: LatencyFn, max_batch: Callable[[
         )
         ceiling = min(own, allocation.latency_ms + max(others, 0.0))
         batch = allocation.batch
-        for candidate in range(allocation.batch + 1, max_batch(allocation.model) + 1):
-            if latency_ms(allocation.model, candidate) > ceiling + 1e-9:
+        for candidate in range(allocation.batch + 1, max_batch(allocation) + 1):
+            if latency_ms(allocation, candidate) > ceiling + 1e-9:
                 break
             batch = candidate
-        limits[allocation.model] = max(limits.get(allocation.model, 0), batch)
+        limits.append(batch)
     return limits

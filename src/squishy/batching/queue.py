@@ -19,12 +19,14 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
+
+from squishy.batching.latency import LatencyModel
 
 
 class DropPolicy(StrEnum):
@@ -162,34 +164,10 @@ class SessionQueue:
 
     # --------------------------------------------------------------------------------- the rules
     def _first_window_in_time(self, now_ms: float, max_batch: int) -> int:
-        """Index of the first request whose window can finish in time (len(queue) if none can).
-
-        Two pointers over the queue: the window [start, end) holds up to ``max_batch`` inputs, and a
-        monotonic deque tracks its earliest deadline (the head's, unless priorities reorder the queue).
-        """
         items = self._items
-        count = len(items)
-        end = 0
-        inputs = 0
-        earliest: deque[int] = deque()  # indices in the window with increasing deadlines
-        for start in range(count):
-            if end == start:  # a window always holds at least its first request
-                inputs += items[end].size
-                earliest.append(end)
-                end += 1
-            while end < count and inputs + items[end].size <= max_batch:
-                deadline = items[end].deadline_ms
-                while earliest and items[earliest[-1]].deadline_ms >= deadline:
-                    earliest.pop()
-                earliest.append(end)
-                inputs += items[end].size
-                end += 1
-            if now_ms + self.latency_ms(inputs) <= items[earliest[0]].deadline_ms:
-                return start
-            inputs -= items[start].size
-            if earliest[0] == start:
-                earliest.popleft()
-        return count
+        return first_window_in_time(
+            [item.size for item in items], [item.deadline_ms for item in items], now_ms, max_batch, self.latency_ms
+        )
 
     def _first_not_expired(self, now_ms: float) -> int:
         """Lazy drop on a deadline-ordered queue: everything before the first live request has expired."""
@@ -197,6 +175,39 @@ class SessionQueue:
             if item.deadline_ms >= now_ms:
                 return index
         return len(self._items)
+
+
+def first_window_in_time(
+    sizes: Sequence[int], deadlines_ms: Sequence[float], now_ms: float, max_batch: int, latency_ms: LatencyFn
+) -> int:
+    """Early drop: the index of the first request whose window can finish in time (len if none can).
+
+    Two pointers over the queue: the window [start, end) holds up to ``max_batch`` inputs (at least its
+    first request), and a monotonic deque tracks its earliest deadline (the head's, unless priorities
+    reorder the queue). A window is in time when now + ℓ(its inputs) ≤ every deadline in it.
+    """
+    count = len(sizes)
+    end = 0
+    inputs = 0
+    earliest: deque[int] = deque()  # indices in the window with increasing deadlines
+    for start in range(count):
+        if end == start:  # a window always holds at least its first request
+            inputs += sizes[end]
+            earliest.append(end)
+            end += 1
+        while end < count and inputs + sizes[end] <= max_batch:
+            deadline = deadlines_ms[end]
+            while earliest and deadlines_ms[earliest[-1]] >= deadline:
+                earliest.pop()
+            earliest.append(end)
+            inputs += sizes[end]
+            end += 1
+        if now_ms + latency_ms(inputs) <= deadlines_ms[earliest[0]]:
+            return start
+        inputs -= sizes[start]
+        if earliest[0] == start:
+            earliest.popleft()
+    return count
 
 
 def window_length(sizes: list[int], max_batch: int) -> int:
@@ -210,17 +221,19 @@ def window_length(sizes: list[int], max_batch: int) -> int:
 
 
 # ----------------------------------------------------------------------------- vectorized form
-def early_drop_window(deadlines_ms: np.ndarray, now_ms: float, max_batch: int, latency_table_ms: np.ndarray) -> int:
+def early_drop_window(
+    deadlines_ms: np.ndarray, now_ms: float, max_batch: int, latency_table_ms: np.ndarray, scale: float = 1.0
+) -> int:
     """The early-drop decision for a queue of unit-size requests with ascending deadlines.
 
     Returns the index of the first request kept; the batch is ``[start, start + max_batch)``. Same
-    decision as ``SessionQueue.form_batch`` with ``DropPolicy.EARLY`` (a property test checks it), in
-    O(log n): with ascending deadlines, and windows that only shrink near the tail, whether a window
-    starting at i is in time is monotone in i, so a binary search finds the first one.
-    ``latency_table_ms[n]`` is ℓ for a batch of n inputs (index 0 unused).
+    decision as ``first_window_in_time`` (a property test checks it), in O(log n): with ascending
+    deadlines, and windows that only shrink near the tail, whether a window starting at i is in time
+    is monotone in i, so a binary search finds the first one. ``latency_table_ms[n] * scale`` is ℓ for a
+    batch of n inputs (index 0 unused; ``scale`` is the observed slowdown).
     """
     count = len(deadlines_ms)
-    full_latency = latency_table_ms[max_batch]
+    full_latency = float(latency_table_ms[max_batch]) * scale
     # Windows starting before count - max_batch are full: in time iff deadline ≥ now + ℓ(max_batch).
     full_windows = max(count - max_batch, 0)
     first = int(np.searchsorted(deadlines_ms[:full_windows], now_ms + full_latency, side="left"))
@@ -230,7 +243,7 @@ def early_drop_window(deadlines_ms: np.ndarray, now_ms: float, max_batch: int, l
     low, high = full_windows, count
     while low < high:
         middle = (low + high) // 2
-        if deadlines_ms[middle] >= now_ms + latency_table_ms[count - middle]:
+        if deadlines_ms[middle] >= now_ms + float(latency_table_ms[count - middle]) * scale:
             high = middle
         else:
             low = middle + 1
@@ -249,33 +262,70 @@ def lazy_drop_start(deadlines_ms: np.ndarray, now_ms: float) -> int:
     return int(np.searchsorted(deadlines_ms, now_ms, side="left"))
 
 
+_EMPTY_F = np.empty(0)
+_EMPTY_I = np.empty(0, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class ArrayItems:
+    """Requests as arrays, in queue order. ``sizes``/``priorities`` of None mean all 1 / all 0."""
+
+    deadlines_ms: np.ndarray
+    arrivals_ms: np.ndarray
+    tags: np.ndarray  # the caller's int64 payload per request, never inspected
+    sizes: np.ndarray | None = None
+    priorities: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    @property
+    def inputs(self) -> int:
+        return len(self.tags) if self.sizes is None else int(self.sizes.sum())
+
+    @classmethod
+    def empty(cls) -> ArrayItems:
+        return cls(_EMPTY_F, _EMPTY_F, _EMPTY_I)
+
+
+@dataclass(slots=True)
+class ArrayDecision:
+    batch: ArrayItems  # run these together, in this order
+    dropped: ArrayItems  # answer these "dropped" now
+
+
 class ArraySessionQueue:
-    """``SessionQueue`` for unit-size requests of one priority level, held in numpy arrays.
+    """``SessionQueue`` held in numpy arrays, for callers that move requests in bulk (the simulator).
 
-    Same decisions as ``SessionQueue`` (a property test replays random push / form_batch / expire
-    sequences on both), built for callers that move requests in bulk, such as the simulator: requests
-    arrive in chunks (``push_many``), and each ``form_batch`` costs O(log n) plus the slices it returns.
-    ``tags`` is the caller's int64 payload per request and is never inspected. Requests with equal
-    deadlines keep push order, as ``SessionQueue``'s sequence numbers do.
+    Same decisions as ``SessionQueue`` (a property test replays random push / admit / form_batch /
+    sweep / expire sequences on both, with multi-row and prioritised requests): ordered by (priority,
+    deadline, push order), windows of at most ``max_batch`` inputs, early/lazy/no drop. Requests of one
+    size and one priority level (the common case) take an O(log n) path per decision; others take the
+    same two-pointer rule as ``SessionQueue`` over the arrays.
 
-    ``latency_table_ms[n]`` is ℓ for a batch of n inputs (index 0 unused); it must cover every
-    ``max_batch`` passed to ``form_batch``.
+    ``latency`` gives ℓ(n) and the observed slowdown, shared with the session's other queues.
     """
 
-    def __init__(self, latency_table_ms: np.ndarray, drop: DropPolicy | str = DropPolicy.EARLY) -> None:
-        self.latency_table_ms = latency_table_ms
+    def __init__(self, latency: LatencyModel, drop: DropPolicy | str = DropPolicy.EARLY) -> None:
+        self.latency = latency
         self.drop = DropPolicy(drop)
-        self._deadlines = np.empty(0)
-        self._arrivals = np.empty(0)
-        self._tags = np.empty(0, dtype=np.int64)
+        self._deadlines = _EMPTY_F
+        self._arrivals = _EMPTY_F
+        self._tags = _EMPTY_I
+        self._sizes: np.ndarray | None = None  # None: every request carries one input
+        self._priorities: np.ndarray | None = None  # None: every request at level 0
         self._head = 0  # items before it have left the queue; compacted on the next push
+        self._inputs = 0
 
     def __len__(self) -> int:
         return len(self._deadlines) - self._head
 
     @property
     def inputs(self) -> int:
-        return len(self)
+        return self._inputs
+
+    def latency_ms(self, inputs: int) -> float:
+        return self.latency.latency_ms(inputs)
 
     def oldest_arrival_ms(self) -> float | None:
         if len(self) == 0:
@@ -283,21 +333,38 @@ class ArraySessionQueue:
         return float(self._arrivals[self._head :].min())
 
     def earliest_deadline_ms(self) -> float | None:
-        return float(self._deadlines[self._head]) if len(self) else None
+        if len(self) == 0:
+            return None
+        if self._priorities is None:
+            return float(self._deadlines[self._head])
+        return float(self._deadlines[self._head :].min())
 
     @property
     def deadlines_ms(self) -> np.ndarray:
         """Queued deadlines in queue order (a read-only view)."""
         return self._deadlines[self._head :]
 
-    def push_many(self, deadlines_ms: np.ndarray, arrivals_ms: np.ndarray, tags: np.ndarray) -> None:
-        """Queue a chunk of requests (in any order): the queue stays in (deadline, push order) order."""
-        if len(deadlines_ms) == 0:
+    # ------------------------------------------------------------------------------------ adding
+    def push_many(
+        self,
+        deadlines_ms: np.ndarray,
+        arrivals_ms: np.ndarray,
+        tags: np.ndarray,
+        sizes: np.ndarray | None = None,
+        priorities: np.ndarray | None = None,
+    ) -> None:
+        """Queue a chunk of requests (in any order): the queue stays in (priority, deadline, push order)."""
+        count = len(deadlines_ms)
+        if count == 0:
             return
+        if sizes is not None and bool((sizes == 1).all()):
+            sizes = None
+        if priorities is not None and not priorities.any():
+            priorities = None
+        self._inputs += count if sizes is None else int(sizes.sum())
         head = self._head
-        if head == len(self._deadlines) and (
-            len(deadlines_ms) < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())
-        ):
+        unit = self._sizes is None and self._priorities is None and sizes is None and priorities is None
+        if unit and head == len(self._deadlines) and (count < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())):
             # An empty queue takes a sorted chunk as it is (the common case in bulk callers).
             self._deadlines, self._arrivals, self._tags, self._head = deadlines_ms, arrivals_ms, tags, 0
             return
@@ -305,50 +372,142 @@ class ArraySessionQueue:
         deadlines = np.concatenate((old, deadlines_ms))
         arrivals = np.concatenate((self._arrivals[head:], arrivals_ms))
         tags = np.concatenate((self._tags[head:], tags))
-        in_order = (len(old) == 0 or deadlines_ms[0] >= old[-1]) and (
-            len(deadlines_ms) < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())
-        )
-        if not in_order:
-            order = np.argsort(deadlines, kind="stable")  # stable: ties keep push order
+        new_sizes = self._merge_column(self._sizes, sizes, len(old), count, 1)
+        new_priorities = self._merge_column(self._priorities, priorities, len(old), count, 0)
+        if new_priorities is None:
+            in_order = (len(old) == 0 or deadlines_ms[0] >= old[-1]) and (
+                count < 2 or bool((deadlines_ms[1:] >= deadlines_ms[:-1]).all())
+            )
+            order = None if in_order else np.argsort(deadlines, kind="stable")  # stable: ties keep push order
+        else:
+            order = np.lexsort((deadlines, new_priorities))  # lexsort is stable: ties keep push order
+        if order is not None:
             deadlines, arrivals, tags = deadlines[order], arrivals[order], tags[order]
+            new_sizes = None if new_sizes is None else new_sizes[order]
+            new_priorities = None if new_priorities is None else new_priorities[order]
         self._deadlines, self._arrivals, self._tags, self._head = deadlines, arrivals, tags, 0
+        self._sizes, self._priorities = new_sizes, new_priorities
 
-    def form_batch(
-        self, now_ms: float, max_batch: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The next batch of at most ``max_batch`` requests and the requests dropped to form it, as
-        (dropped deadlines, dropped tags, batch deadlines, batch arrivals, batch tags), in queue order."""
+    def _merge_column(
+        self, current: np.ndarray | None, added: np.ndarray | None, old_count: int, count: int, default: int
+    ) -> np.ndarray | None:
+        if current is None and added is None:
+            return None
+        old = current[self._head :] if current is not None else np.full(old_count, default, dtype=np.int64)
+        new = added.astype(np.int64) if added is not None else np.full(count, default, dtype=np.int64)
+        return np.concatenate((old, new))
+
+    def admit(
+        self, deadline_ms: float, arrival_ms: float, tag: int, now_ms: float, size: int = 1, priority: int = 0
+    ) -> bool:
+        """``SessionQueue.admit``: queue one request unless it could not finish even if it ran alone now."""
+        if self.drop is DropPolicy.EARLY and now_ms + self.latency.latency_ms(size) > deadline_ms:
+            return False
+        self.push_many(
+            np.array([deadline_ms]),
+            np.array([arrival_ms]),
+            np.array([tag], dtype=np.int64),
+            None if size == 1 else np.array([size], dtype=np.int64),
+            None if priority == 0 else np.array([priority], dtype=np.int64),
+        )
+        return True
+
+    # ---------------------------------------------------------------------------------- deciding
+    def form_batch(self, now_ms: float, max_batch: int) -> ArrayDecision:
+        """The next batch of at most ``max_batch`` inputs (a single larger request runs alone) and the
+        requests dropped to form it."""
         head = self._head
         queued = self._deadlines[head:]
+        count = len(queued)
+        if count == 0:
+            empty = ArrayItems.empty()
+            return ArrayDecision(empty, empty)
+        sizes = None if self._sizes is None else self._sizes[head:]
         if self.drop is DropPolicy.EARLY:
-            start = early_drop_window(queued, now_ms, max_batch, self.latency_table_ms) if len(queued) else 0
+            if sizes is None and self._priorities is None:
+                start = early_drop_window(queued, now_ms, max_batch, self.latency.table_ms, self.latency.slowdown)
+            else:
+                size_list = [1] * count if sizes is None else sizes.tolist()
+                start = first_window_in_time(size_list, queued.tolist(), now_ms, max_batch, self.latency.latency_ms)
         elif self.drop is DropPolicy.LAZY:
-            start = int(queued.searchsorted(now_ms, side="left"))  # lazy_drop_start, without the wrapper
+            if self._priorities is None:
+                start = int(queued.searchsorted(now_ms, side="left"))  # lazy_drop_start, without the wrapper
+            else:
+                live = np.flatnonzero(queued >= now_ms)
+                start = int(live[0]) if len(live) else count
         else:
             start = 0
-        end = min(len(queued), start + max_batch)
-        first, cut, last = head, head + start, head + end
+        if sizes is None:
+            end = min(count, start + max_batch)
+        else:
+            end = start + window_length(sizes[start:].tolist(), max_batch) if start < count else count
+        cut, last = head + start, head + end
         self._head = last
-        return (
-            self._deadlines[first:cut],
-            self._tags[first:cut],
-            self._deadlines[cut:last],
-            self._arrivals[cut:last],
-            self._tags[cut:last],
+        dropped = self._slice(head, cut)
+        batch = self._slice(cut, last)
+        self._inputs -= dropped.inputs + batch.inputs
+        return ArrayDecision(batch, dropped)
+
+    def sweep(self, now_ms: float) -> ArrayItems:
+        """``SessionQueue.sweep``: drop what this policy already knows it will drop, so the client hears at
+        once (early: could not finish even alone if started now; lazy: expired; none: nothing)."""
+        if self.drop is DropPolicy.NONE or len(self) == 0:
+            return ArrayItems.empty()
+        if self.drop is DropPolicy.LAZY:
+            return self.expire(now_ms)
+        head = self._head
+        deadlines = self._deadlines[head:]
+        if self._sizes is None and self._priorities is None:
+            cut = int(deadlines.searchsorted(now_ms + self.latency.latency_ms(1), side="left"))
+            return self._take_prefix(cut)
+        sizes = np.ones(len(deadlines), dtype=np.int64) if self._sizes is None else self._sizes[head:]
+        return self._remove(deadlines < now_ms + self.latency.latencies_ms(sizes))
+
+    def expire(self, now_ms: float) -> ArrayItems:
+        """Drop requests whose deadline has passed (lazy and early policies)."""
+        if self.drop is DropPolicy.NONE or len(self) == 0:
+            return ArrayItems.empty()
+        deadlines = self._deadlines[self._head :]
+        if self._priorities is None:
+            return self._take_prefix(lazy_drop_start(deadlines, now_ms))
+        return self._remove(deadlines < now_ms)
+
+    def drain(self) -> ArrayItems:
+        """Remove and return everything queued (a re-plan moves the queue with its session)."""
+        out = self._slice(self._head, len(self._deadlines))
+        self._deadlines, self._arrivals, self._tags, self._head = _EMPTY_F, _EMPTY_F, _EMPTY_I, 0
+        self._sizes = self._priorities = None
+        self._inputs = 0
+        return out
+
+    # ---------------------------------------------------------------------------------- internals
+    def _slice(self, start: int, stop: int) -> ArrayItems:
+        return ArrayItems(
+            self._deadlines[start:stop],
+            self._arrivals[start:stop],
+            self._tags[start:stop],
+            None if self._sizes is None else self._sizes[start:stop],
+            None if self._priorities is None else self._priorities[start:stop],
         )
 
-    def expire(self, now_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        """Drop requests whose deadline has passed (lazy and early policies): (deadlines, tags)."""
-        if self.drop is DropPolicy.NONE:
-            return self._deadlines[:0], self._tags[:0]
+    def _take_prefix(self, count: int) -> ArrayItems:
         head = self._head
-        cut = head + lazy_drop_start(self._deadlines[head:], now_ms)
-        self._head = cut
-        return self._deadlines[head:cut], self._tags[head:cut]
-
-    def drain(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Remove and return everything queued as (deadlines, arrivals, tags) (a re-plan moves the queue)."""
-        head = self._head
-        out = (self._deadlines[head:], self._arrivals[head:], self._tags[head:])
-        self._deadlines, self._arrivals, self._tags, self._head = np.empty(0), np.empty(0), self._tags[:0], 0
+        out = self._slice(head, head + count)
+        self._head = head + count
+        self._inputs -= out.inputs
         return out
+
+    def _remove(self, doomed: np.ndarray) -> ArrayItems:
+        """Remove the queued requests where ``doomed`` (over the live part) is True; the rest keep order."""
+        if not doomed.any():
+            return ArrayItems.empty()
+        head = self._head
+        keep = ~doomed
+        columns = [self._deadlines, self._arrivals, self._tags, self._sizes, self._priorities]
+        live = [None if c is None else c[head:] for c in columns]
+        gone = ArrayItems(*(None if c is None else c[doomed] for c in live))
+        kept = [None if c is None else c[keep] for c in live]
+        self._deadlines, self._arrivals, self._tags, self._sizes, self._priorities = kept  # type: ignore[assignment]
+        self._head = 0
+        self._inputs -= gone.inputs
+        return gone

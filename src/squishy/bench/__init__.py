@@ -13,12 +13,14 @@
     result = run(config, isolate=True)  # RunResult: .per_model / .overall Stats, .generator, .log
     found = search(config, SearchSettings(tolerance=0.05), isolate=True)  # SearchResult: .rate_per_s, .best
 
-Modules: ``arrivals`` (when requests are due), ``config`` (what a run is), ``metadata`` and ``payload``
-(what a model is sent), ``http_client`` / ``grpc_client`` (the wire), ``records`` and ``stats`` (what
-happened), ``run``, ``search``, ``report`` (tables and JSON), ``ceiling`` (the generator's own limit).
+Modules: ``config`` (what a run is), ``metadata`` and ``payload`` (what a model is sent),
+``http_client`` / ``grpc_client`` (the wire), ``records`` and ``stats`` (what happened), ``run``,
+``search`` (glue to ``squishy.search``), ``report`` (tables and JSON), ``ceiling`` (the generator's own
+limit). When requests are due comes from ``squishy.arrivals``, the simulator's generator too, so a run
+and its simulated twin send the same requests at the same times.
 """
 
-from squishy.bench.arrivals import Arrivals, schedule
+from squishy.arrivals import Arrivals, schedule
 from squishy.bench.config import BenchConfig, InputSpec, ModelLoad
 from squishy.bench.errors import BenchError
 from squishy.bench.records import CONNECTION_ERROR, NO_REPLY, RequestLog

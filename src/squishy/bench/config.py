@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from squishy.bench.arrivals import Arrivals
+from squishy.arrivals import Arrivals
 from squishy.bench.errors import BenchError
 
 PROTOCOLS = ("http", "grpc")

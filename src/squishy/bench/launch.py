@@ -32,6 +32,28 @@ def process_cpu_s(pid: int) -> float:
         return float("nan")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process so far (Linux /proc): the main thread is "main", others by
+    the name the OS shows (squishy names its slots ``squishy-slot-N``); threads of one name are summed."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        key = "main" if int(tid) == pid else name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
     """SIGTERM (a graceful shutdown) and wait; SIGKILL if it is not gone within ``timeout_s``."""
     if process.poll() is not None:
@@ -74,6 +96,10 @@ class ServerProcess:
     def cpu_s(self) -> float:
         """The server process's CPU time so far (Linux /proc; NaN elsewhere)."""
         return process_cpu_s(self.process.pid)
+
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU seconds so far per thread name (see ``thread_cpu_s``)."""
+        return thread_cpu_s(self.process.pid)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         terminate(self.process, timeout_s)

@@ -152,6 +152,8 @@ def render_step(step: SearchStep) -> str:
 def render_search(found: SearchResult) -> str:
     lines = [render_step(step) for step in found.steps]
     lines.append("")
+    lines.extend(render_curve(found))
+    lines.append("")
     target = f"{100 * found.met_fraction:g}%"
     if found.rate_per_s == 0:
         lines.append(f"no rate tried met the SLO for {target} of requests")
@@ -163,3 +165,12 @@ def render_search(found: SearchResult) -> str:
         lines.append("")
         lines.append(render_run(best))
     return "\n".join(lines)
+
+
+def render_curve(found: SearchResult) -> list[str]:
+    """Every step by rate: where the search saw passes and failures (they need not be one edge)."""
+    rows = [["rate r/s", "seed", "met (worst model)", "verdict", "phase"]]
+    for step in found.curve:
+        verdict = "pass" if step.passed else "FAIL" + (" (stopped early)" if step.result.cut_short else "")
+        rows.append([f"{step.rate_per_s:.1f}", str(step.seed), _pct(step.worst_met_fraction), verdict, step.phase])
+    return ["pass/fail curve:", *_table(rows)]

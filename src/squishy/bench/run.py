@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import uvloop
 
+from squishy.arrivals import schedule
 from squishy.bench import metadata, payload
-from squishy.bench.arrivals import schedule
 from squishy.bench.config import BenchConfig, InputSpec, parse_http_url
 from squishy.bench.errors import BenchError
 from squishy.bench.grpc_client import GrpcLoad

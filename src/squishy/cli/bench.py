@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from squishy.bench import Arrivals, BenchConfig, BenchError, ModelLoad, SearchSettings, prepare, run, search
+from squishy.arrivals import FORMS, Arrivals
+from squishy.bench import BenchConfig, BenchError, ModelLoad, SearchSettings, prepare, run, search
 from squishy.bench.config import InputSpec, parse_input_arg, parse_model_arg, parse_parameter_arg
 from squishy.bench.report import environment, render_run, render_search, render_step
 
@@ -20,7 +21,9 @@ def add_parser(subparsers: Any) -> None:
         help="drive an OIP server with open-loop load and report latency, goodput and bad rate at an SLO",
         description="Open-loop load: requests are sent when due, whatever the replies; latency counts from the "
         "scheduled send time. With --search, find the highest rate at which 99% of requests meet the SLO: each "
-        "step is a full run (--warmup, then --duration), a mix keeping its proportions.",
+        "step is a full run (--warmup, then --duration), a mix keeping its proportions. The search scans a grid "
+        "of rates (pass/fail need not be monotone in the rate), bisects the highest passing bracket, confirms on "
+        "the next seed, and prints the pass/fail curve of every step.",
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="REST endpoint (default: %(default)s)")
     parser.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC endpoint (default: %(default)s)")
@@ -35,7 +38,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--rate", type=float, help="requests/s for each model given without a rate")
     parser.add_argument("--slo-ms", type=float, help="latency SLO in ms for each model given without one")
     parser.add_argument(
-        "--arrivals", default="poisson", help="poisson, uniform, gamma:CV or trace:FILE (default: %(default)s)"
+        "--arrivals",
+        default="poisson",
+        help=f"{FORMS}; a FILE holds timestamps in s, one a line or a JSON list (default: %(default)s)",
     )
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first (default: %(default)s)")
@@ -105,7 +110,7 @@ def build_config(args: argparse.Namespace, arrivals: Arrivals) -> tuple[BenchCon
     loads = []
     for name, rate, slo_ms in models:
         rate = rate if rate is not None else args.rate
-        if rate is None and arrivals.kind == "trace":
+        if rate is None and arrivals.kind in ("trace", "replay"):
             rate = arrivals.trace_rate_per_s
         if rate is None:
             raise BenchError(f"no rate for model '{name}': give --rate or --model {name}:RATE")

@@ -1,10 +1,24 @@
-"""The control loop's decisions: measured rates per session, and when to re-plan.
+"""The control loop: measured rates per session, when to re-plan, and plans that fit the capacity.
 
-Both are pure state machines driven by timestamps the caller passes in, so the real server (wall
-clock) and the simulator (simulated clock) run the same rules.
+Pure state machines driven by timestamps the caller passes in, so the real server (wall clock) and
+the simulator (simulated clock) run the same rules.
 """
 
 from squishy.control.epochs import EpochPolicy, ReplanReason
+from squishy.control.fitting import DoesNotFit, largest_fitting
+from squishy.control.loop import ControlConfig, ControlLoop, PlanDecision, Planner, PlanRequest, same_layout
 from squishy.control.rates import RateEstimator
 
-__all__ = ["EpochPolicy", "RateEstimator", "ReplanReason"]
+__all__ = [
+    "ControlConfig",
+    "ControlLoop",
+    "DoesNotFit",
+    "EpochPolicy",
+    "PlanDecision",
+    "PlanRequest",
+    "Planner",
+    "RateEstimator",
+    "ReplanReason",
+    "largest_fitting",
+    "same_layout",
+]

@@ -103,7 +103,7 @@ def parse_infer_request(
     spec: ModelSpec,
     model_name: str,
     model_version: str | None,
-    arrival_s: float,
+    arrival_ms: float,
 ) -> tuple[InferRequest, list[OutputSelection]]:
     """A (decompressed) REST infer body → a validated ``InferRequest`` and the outputs to return."""
     if header_length is None:
@@ -171,7 +171,7 @@ def parse_infer_request(
         request_id=request_id,
         priority=options.priority,
         timeout_us=options.timeout_us,
-        arrival_s=arrival_s,
+        arrival_ms=arrival_ms,
         parameters=options.custom,
     )
     return request, selections

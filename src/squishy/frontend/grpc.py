@@ -232,11 +232,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
 
     async def _infer(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferResponse:
-        arrival_s = time.monotonic()
+        arrival_ms = time.monotonic() * 1000.0
         version = request.model_version or None
         spec = self._service.model_spec(request.model_name, version)
         try:
-            infer_request, selections = _parse_infer(request, spec, version, arrival_s)
+            infer_request, selections = _parse_infer(request, spec, version, arrival_ms)
         except InvalidRequestError:
             if self._metrics is not None:
                 self._metrics.record_request(spec.name, spec.version, "failed", reason="OTHER")
@@ -246,7 +246,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def _parse_infer(
-    request: service_pb2.ModelInferRequest, spec: ModelSpec, version: str | None, arrival_s: float
+    request: service_pb2.ModelInferRequest, spec: ModelSpec, version: str | None, arrival_ms: float
 ) -> tuple[InferRequest, list[OutputSelection]]:
     options = validation.parse_request_parameters(_params(request.parameters))
     headers = []
@@ -287,7 +287,7 @@ def _parse_infer(
         request_id=request.id,
         priority=options.priority,
         timeout_us=options.timeout_us,
-        arrival_s=arrival_s,
+        arrival_ms=arrival_ms,
         parameters=options.custom,
     )
     return infer_request, selections

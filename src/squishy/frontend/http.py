@@ -224,7 +224,7 @@ class HttpFrontend:
         return 200, b"", _JSON
 
     async def _infer(self, scope: Scope, receive: Receive, model: str, version: str | None) -> Response:
-        arrival_s = time.monotonic()
+        arrival_ms = time.monotonic() * 1000.0
         content_length = header_length = content_encoding = accept_encoding = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -240,7 +240,7 @@ class HttpFrontend:
         try:
             body = codec.decode_content(body, content_encoding, self._max_body_bytes)
             request, selections = codec.parse_infer_request(
-                body, _header_length(header_length), spec, model, version, arrival_s
+                body, _header_length(header_length), spec, model, version, arrival_ms
             )
         except InvalidRequestError:
             if self._metrics is not None:

@@ -130,7 +130,7 @@ class InferRequest:
     request_id: str = ""
     priority: int = 0  # Triton's reserved parameter: 1 is highest, 0 the default level
     timeout_us: int = 0  # Triton's reserved parameter: 0 means none; deadline = min(SLO, timeout)
-    arrival_s: float = 0.0  # time.monotonic() when the frontend received the request
+    arrival_ms: float = 0.0  # the serving clock's ms (time.monotonic() × 1000) when the request was received
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,16 +1,17 @@
-"""The serving core: models from the repository, a plan from the scheduler, backends that run it.
+"""The serving core: admission, plan installation, and the callbacks that answer requests.
 
 ``ServingCore`` implements the frontend's ``ModelService``. Each ready model version is a session
-(model, SLO). The core profiles every session on this machine, asks the scheduler for a plan that fits
-the machine's execution slots, and gives every slot a ``Worker`` running the plan's sessions. Requests
-are routed to the session's backends by deficit round robin on the plan's rates and queued under the
-shared batching policy (early drop). The control loop measures each session's rate and re-plans every
-epoch or when load leaves the plan's band; a new plan moves queued requests with their session, and
-batches in flight finish where they are, so no accepted request is lost or answered twice.
-
-Spare slots are not left idle: the plan is sized for the highest multiple of the measured load
-(``headroom``) that still fits the slots, which leaves room for bursts. When even the measured load
-does not fit, the plan is sized for the largest share that does and early drop sheds the rest.
+(model, SLO), profiled on this machine. Everything between "rates measured" and "batch dispatched" is
+the engine the simulator runs too:
+- the control loop (``squishy.control``) measures each session's rate, decides when to re-plan and
+  fits the plan to the machine's execution slots (up to 2× the measured load while slots are spare,
+  the share that fits when they are not);
+- ``squishy.cluster.assign`` places the plan on the slots (batch limits, routing weights, steal budgets);
+- ``squishy.routing`` picks a request's slot (deficit round robin on the plan's rates, the shorter
+  backlog where queues are in sight);
+- ``squishy.batching`` queues it (early drop) and each slot's worker takes the backend's turns.
+A new plan moves queued requests with their session; batches in flight finish where they are, so no
+accepted request is lost or answered twice. Time comes from the ``Clock`` passed in.
 """
 
 from __future__ import annotations
@@ -20,21 +21,23 @@ import contextlib
 import logging
 import math
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from squishy.batching import DropPolicy, Item, SessionQueue
-from squishy.batching.limits import burst_batches
+from squishy.batching.latency import LatencyModel
+from squishy.batching.turn import Machine, Slot
+from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.cluster import SlotLayout, slot_layout
-from squishy.control import EpochPolicy, RateEstimator
+from squishy.cluster.assign import Assignment, assign
+from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
 from squishy.errors import SquishyError, WorkloadError
 from squishy.metrics import ServerMetrics
 from squishy.profiles import Profile
-from squishy.routing import DeficitRoundRobin
+from squishy.routing import DeficitRoundRobin, pick_by_backlog
 from squishy.runtime.api import (
     InferRequest,
     InferResponse,
@@ -46,25 +49,22 @@ from squishy.runtime.api import (
     ModelStatistics,
     UnavailableError,
 )
-from squishy.runtime.backend import BatchSink, BatchTiming, SessionSlot, Worker
+from squishy.runtime.backend import BatchSink, BatchTiming, SessionWork, Worker
 from squishy.runtime.executors import Executor, make_executor
 from squishy.runtime.repository import ModelRepository
 from squishy.runtime.stats import StatisticsBook
-from squishy.scheduler import Plan, Session, SessionKey, Settings, Workload, make_plan
+from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
+from squishy.scheduler.demand import scheduled_profile
 from squishy.scheduler.replan import replan
 
 logger = logging.getLogger(__name__)
 
-# How often the control loop looks at the measured rates (s).
-CONTROL_TICK_S = 0.5
-# Calibration of early drop's latency predictions from observed batches (see ``_Session.slowdown``).
-SLOWDOWN_SMOOTHING = 0.05
-MIN_SLOWDOWN, MAX_SLOWDOWN = 0.5, 3.0
-# Headroom search: plan for up to this multiple of the measured load when slots are spare. Planning for
-# much more would reshape the plan around load that is not there (e.g. a costly model's rate inflated onto
+# Headroom: plan for up to this multiple of the measured load when slots are spare. Planning for much
+# more would reshape the plan around load that is not there (e.g. a costly model's rate inflated onto
 # the slot that serves tight-SLO models); spare time beyond it is used by work stealing instead.
 DEFAULT_MAX_HEADROOM = 2.0
-MIN_HEADROOM = 1e-4
+
+Reply = Callable[[InferResponse | BaseException], None]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class ServingConfig:
     executor: str = "auto"  # auto | onnxruntime | torch | null | null-zero (no work at all)
     epoch_s: float = 10.0  # re-plan at least this often (Nexus: 30 s on a cluster)
     min_replan_interval_s: float = 2.0  # and early on a load change, but not more often than this
+    control_tick_s: float = 0.5  # how often the control loop looks at the measured rates
     network_ms: float = 1.0  # taken off every SLO before packing: the request's path outside the executor
     profile_inflation: float = 1.1  # measured ℓ(b) × this: the executors share memory bandwidth
     min_rate_per_s: float = 1.0  # every ready model is provisioned at least this rate, so it has a backend
@@ -80,6 +81,19 @@ class ServingConfig:
     work_stealing: bool = True  # idle slots run batches of busy slots' sessions when their promises allow
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
     profile_progress: bool = False
+
+    def control(self) -> ControlConfig:
+        return ControlConfig(
+            tick_s=self.control_tick_s,
+            epoch_s=self.epoch_s,
+            min_interval_s=self.min_replan_interval_s,
+            max_headroom=self.max_headroom,
+            min_rate_per_s=self.min_rate_per_s,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(network_ms=self.network_ms, profile_inflation=self.profile_inflation)
 
 
 @dataclass
@@ -89,33 +103,54 @@ class _Session:
     profile: Profile  # the scheduler's profile (model = session id), interpolated over batch sizes
     priority_levels: int
     default_priority: int
-    # Observed ÷ profiled batch latency, smoothed: how fast batches really run while serving (the request
-    # handling shares the cores). Early drop scales ℓ by it, so its in-time checks stay honest.
-    slowdown: float = 1.0
-    profiled_ms: Callable[[int], float] = field(init=False, repr=False)
+    settings: Settings
+    latency: LatencyModel = field(init=False)  # ℓ(n) for early drop, with the observed slowdown
+    scheduled: Profile = field(init=False)  # the profile with the scheduler's margins
 
     def __post_init__(self) -> None:
-        self.profiled_ms = queue_latency(self.profile)
-
-    def observe(self, inputs: int, infer_ms: float) -> None:
-        predicted = self.profiled_ms(inputs)
-        if predicted > 0:
-            ratio = min(max(infer_ms / predicted, MIN_SLOWDOWN), MAX_SLOWDOWN)
-            self.slowdown += SLOWDOWN_SMOOTHING * (ratio - self.slowdown)
-
-    def latency_ms(self, inputs: int) -> float:
-        """ℓ(inputs) as early drop should predict it: the profile, scaled by the observed slowdown."""
-        return self.profiled_ms(inputs) * self.slowdown
+        self.latency = LatencyModel.from_profile(self.profile)
+        self.scheduled = scheduled_profile(self.profile, self.settings)
 
 
 @dataclass
 class _Pending:
-    """What a queued request carries through the backend: its future and what the reply needs."""
+    """What a queued request carries through the backend: who to answer and what the reply needs."""
 
-    future: asyncio.Future[InferResponse]
+    reply: Reply
     request: InferRequest
     spec: ModelSpec
-    arrival_ns: int
+    arrival_ms: float
+
+
+@dataclass
+class _Prepared:
+    """A plan ready to install: placed on the slots, every executor it needs created."""
+
+    decision: PlanDecision
+    assignment: Assignment
+
+
+class _Planner:
+    """The control loop's planner over the core's sessions (one session per model version)."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    def _workload(self, rates: Mapping[Hashable, float]) -> Workload:
+        sessions = self.core._sessions
+        return Workload(
+            sessions=tuple(Session(str(sid), sessions[str(sid)].spec.slo_ms, rate) for sid, rate in rates.items()),
+            settings=self.core.config.settings,
+        )
+
+    def _profiles(self) -> dict[str, Profile]:
+        return {sid: s.profile for sid, s in self.core._sessions.items()}
+
+    def fresh(self, rates: Mapping[Hashable, float]) -> Plan:
+        return make_plan(self._workload(rates), self._profiles())
+
+    def incremental(self, previous: Plan, rates: Mapping[Hashable, float]) -> Plan:
+        return replan(previous, self._workload(rates), self._profiles()).plan
 
 
 class ServingCore(BatchSink):
@@ -126,61 +161,74 @@ class ServingCore(BatchSink):
         repository: ModelRepository,
         config: ServingConfig | None = None,
         metrics: ServerMetrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.repository = repository
         self.config = config or ServingConfig()
         self.metrics = metrics or ServerMetrics()
-        self.stats = StatisticsBook()
-        self.rates = RateEstimator()
-        self.epochs = EpochPolicy(epoch_s=self.config.epoch_s, min_interval_s=self.config.min_replan_interval_s)
+        self.clock = clock
+        self.stats = StatisticsBook(clock)
+        self.control = ControlLoop(self.config.control(), _Planner(self), capacity=self.config.layout.slots)
         # One lock for every worker on this machine: queue operations are short, and sharing it lets an
-        # idle worker steal a batch from a busy one (see ``Worker``).
-        self._machine = threading.Condition()
-        self._workers = [Worker(i, self, condition=self._machine) for i in range(self.config.layout.slots)]
-        for worker in self._workers:
-            worker.peers = [w for w in self._workers if w is not worker]
+        # idle worker steal a batch from a busy one.
+        self.lock = threading.Condition()
+        self.workers = [Worker(i, self, self.lock, clock) for i in range(self.config.layout.slots)]
+        self.machine = Machine([w.turn for w in self.workers])
         self._sessions: dict[str, _Session] = {}
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
         self._executors: dict[tuple[int, str], Executor] = {}
         self._routers: dict[str, DeficitRoundRobin[int]] = {}
-        self._backend_worker: dict[int, int] = {}
-        self.plan: Plan | None = None
-        self.headroom = 1.0
-        self._planned_rates: dict[str, float] = {}
+        self._assignment = Assignment({}, {})
         self._plan_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._control_task: asyncio.Task[None] | None = None
+        self._threads = False
         self._started = False
-        self.replans = 0
         self.requests_moved = 0  # queued requests that followed their session to another slot
 
+    @property
+    def plan(self) -> Plan | None:
+        return self.control.plan
+
+    @property
+    def headroom(self) -> float:
+        return self.control.headroom
+
     # --------------------------------------------------------------------------------- lifecycle
-    async def start(self) -> None:
-        """Load every model, profile it, plan, and start the backends and the control loop."""
+    async def start(self, run_threads: bool = True) -> None:
+        """Load every model, profile it, plan, and start the backends and the control loop.
+
+        ``run_threads`` False leaves the backends and the control loop to the caller, who drives them
+        (``machine.settle``, ``control_step``) under its own clock: tests and replays.
+        """
         self._loop = asyncio.get_running_loop()
         states = await asyncio.to_thread(self.repository.load_all)
         self._requested = {s.name for s in states}
         for spec in self.repository.ready_specs():
             await self._add_session(spec)
-        for worker in self._workers:
-            worker.start()
+        self._threads = run_threads
+        if run_threads:
+            for worker in self.workers:
+                worker.start()
         await self.replan("start")
         self._started = True
-        self._control_task = asyncio.create_task(self._control_loop(), name="squishy-control")
+        if run_threads:
+            self._control_task = asyncio.create_task(self._control_loop(), name="squishy-control")
 
     async def stop(self) -> None:
         if self._control_task is not None:
             self._control_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._control_task
-        await asyncio.to_thread(self._stop_workers)
+        if self._threads:
+            await asyncio.to_thread(self._stop_workers)
         for executor in self._executors.values():
             executor.close()
         self._executors.clear()
 
     def _stop_workers(self) -> None:
-        for worker in self._workers:
+        for worker in self.workers:
             worker.stop()
 
     # ------------------------------------------------------------------------- ModelService: state
@@ -221,52 +269,57 @@ class ServingCore(BatchSink):
     def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
         return self.stats.snapshot(name, version)
 
-    # ------------------------------------------------------------------------ ModelService: infer
+    # ------------------------------------------------------------------------------- admission
     async def infer(self, request: InferRequest) -> InferResponse:
+        assert self._loop is not None
+        future: asyncio.Future[InferResponse] = self._loop.create_future()
+        self.submit(request, _future_reply(self._loop, future))
+        return await future
+
+    def submit(self, request: InferRequest, reply: Reply) -> int:
+        """Route and queue a request; ``reply`` is called once with its response or its error (from a
+        worker thread). Returns the slot it was queued on. Raises at once, answering nothing, when the
+        request is invalid, its model not scheduled, or it cannot finish within its deadline."""
         spec = self.model_spec(request.model_name, request.model_version)
         sid = session_id(spec)
         router = self._routers.get(sid)
         if router is None:
             raise UnavailableError(f"model {spec.name!r} version {spec.version} is not scheduled yet; retry shortly")
         session = self._sessions[sid]
-        now_s = time.monotonic()
-        arrival_s = request.arrival_s or now_s
+        now_ms = self.clock.now_ms()
+        arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms
         if request.timeout_us > 0:
             budget_ms = min(budget_ms, request.timeout_us / 1000.0)
-        self.rates.record(sid, now_s)
-        assert self._loop is not None
-        future: asyncio.Future[InferResponse] = self._loop.create_future()
+        self.control.record(sid, now_ms / 1000.0)
         item = Item(
-            deadline_ms=(arrival_s * 1000.0) + budget_ms,
-            arrival_ms=arrival_s * 1000.0,
+            deadline_ms=arrival_ms + budget_ms,
+            arrival_ms=arrival_ms,
             size=request.batch_size if spec.max_batch_size > 0 else 1,
             priority=self._priority_level(session, request.priority),
-            payload=_Pending(future, request, spec, int(arrival_s * 1e9)),
+            payload=_Pending(reply, request, spec, arrival_ms),
         )
-        worker = self._workers[self._route(sid, router)]
-        if not worker.submit(sid, item):
+        with self.lock:
+            target = self._queue(sid, router, item, now_ms)
+        if target is None:
             self._count_dropped(spec, [item])
-            alone_ms = session.latency_ms(item.size)
+            alone_ms = session.latency.latency_ms(item.size)
             raise UnavailableError(
                 f"model {spec.name!r}: the request cannot finish within its {budget_ms:g} ms deadline "
                 f"(running it alone takes {alone_ms:.1f} ms here)"
             )
-        return await future
+        return target
 
-    def _route(self, sid: str, router: DeficitRoundRobin[int]) -> int:
-        """The slot for a request of ``sid``: deficit round robin on the plan's rates, except that on one
-        machine every queue is in sight, so a slot with a clearly shorter backlog (per unit of planned
-        rate) takes the request: no slot idles while another of the same session has a backlog."""
-        choice = router.pick()
-        if len(router.targets) == 1:
-            return choice
-        best, best_score = choice, (self._workers[choice].backlog(sid) + 1) / router.weight_of(choice)
-        for target in router.targets:
-            score = (self._workers[target].backlog(sid) + 1) / router.weight_of(target)
-            if score < best_score - 1e-9:
-                best, best_score = target, score
-        return best
+    def _queue(self, sid: str, router: DeficitRoundRobin[int], item: Item, now_ms: float) -> int | None:
+        """Under the lock: the slot for ``item`` and whether it was queued (None: hopeless already)."""
+        turns = self.machine.backends
+        target = pick_by_backlog(router, lambda slot: turns[slot].backlog(sid))
+        slot = turns[target].slot(sid)
+        assert slot is not None, f"session {sid} routed to slot {target}, which does not run it"
+        if not slot.queue.admit(item, now_ms):
+            return None
+        self.lock.notify_all()  # the owner, or an idle neighbour that may steal it
+        return target
 
     def _priority_level(self, session: _Session, priority: int) -> int:
         if session.priority_levels <= 0:
@@ -311,200 +364,166 @@ class ServingCore(BatchSink):
         batching = spec.config.dynamic_batching if spec.config is not None else None
         levels = int(batching.priority_levels) if batching is not None else 0
         default = int(batching.default_priority_level) if batching is not None else 0
-        self._sessions[sid] = _Session(sid, spec, profile, levels, default or levels)
+        self._sessions[sid] = _Session(sid, spec, profile, levels, default or levels, self.config.settings)
         self.stats.ensure(spec.name, spec.version)
 
     def _scheduling_profile(self, spec: ModelSpec) -> Profile:
-        """ℓ(b) on one slot, as the scheduler sees it: named by the session, any batch size up to the
-        model's max (ONNX Runtime runs any size; in between measured sizes ℓ is interpolated)."""
-        max_batch = max(spec.max_batch_size, 1)
-        if self.config.executor == "null-zero":
-            # No work at all: a token latency keeps every profile rule well defined.
-            table = {str(b): 1e-3 for b in range(1, max_batch + 1)}
-            return Profile.from_dict({"model": session_id(spec), "device": "null", "batch_ms": table})
-        # Measured with every slot running at once, as they will while serving (shared caches and memory).
-        measured = self.repository.profile(
-            spec,
-            self.config.layout.threads_per_slot,
-            concurrency=self.config.layout.slots,
-            progress=self.config.profile_progress,
-        )
-        table = {str(b): v for b, v in measured.batch_ms.items() if b <= max_batch}
-        if not table:
-            raise WorkloadError(f"the profile of {spec.name!r} has no batch size within max_batch_size {max_batch}")
-        data = {**measured.to_dict(), "model": session_id(spec), "batch_ms": table, "interpolate": max_batch > 1}
-        data.pop("changes", None)
-        data.pop("memory_mb", None)  # CPU memory is not the constraint that limits a slot here
-        return Profile.from_dict(data)
+        return scheduling_profile(self.repository, spec, self.config)
 
     # ---------------------------------------------------------------------------------- planning
     async def replan(self, reason: str) -> Plan | None:
-        """Plan for the measured rates and install the plan (serialized with every other re-plan)."""
+        """Plan for the measured rates now, whatever the triggers say, and install the plan."""
         async with self._plan_lock:
-            now_s = time.monotonic()
-            measured = self.rates.rates(now_s)
-            rates = {sid: max(measured.get(sid, 0.0), self.config.min_rate_per_s) for sid in self._sessions}
-            if not rates:
-                self._install(None, {})
+            if not self._sessions:
+                self._commit(None)
                 return None
-            plan, headroom = await asyncio.to_thread(self._fit, rates)
-            mapping = self._map_backends(plan)
-            await asyncio.to_thread(self._load_executors, plan, mapping)
-            moved = self._install(plan, mapping)
-            self.metrics.record_replan(reason, moved)
-            self._planned_rates = rates
-            self.headroom = headroom
-            self.epochs.replanned(now_s)
-            self.replans += 1
-            logger.info(
-                "plan (%s): %d backends, %d sessions, headroom %.2fx", reason, plan.num_backends, len(rates), headroom
+            request = self.control.request(self.clock.now_ms() / 1000.0, list(self._sessions), reason)
+            prepared = await asyncio.to_thread(self.prepare, request)
+            self._commit(prepared)
+            return self.plan
+
+    def control_step(self) -> PlanDecision | None:
+        """One tick of the control loop, all in the caller's thread: publish the measured rates, and
+        re-plan and install when a re-plan is due. Returns the decision installed (None: none was)."""
+        request = self._control_request()
+        if request is None:
+            return None
+        prepared = self.prepare(request)
+        return prepared.decision if self._commit(prepared) else None
+
+    def _control_request(self) -> PlanRequest | None:
+        now_s = self.clock.now_ms() / 1000.0
+        measured = self.control.measured(now_s)
+        self.metrics.set_session_rates(
+            {SessionKey(sid, s.spec.slo_ms): measured.get(sid, 0.0) for sid, s in self._sessions.items()},
+            labels=self._labels(),
+        )
+        if not self._sessions:
+            return None
+        return self.control.decide(now_s, list(self._sessions))
+
+    def install_plan(self, plan: Plan, reason: str = "manual") -> None:
+        """Run ``plan`` from now on (an operator's or a test's plan; the control loop's next re-plan starts
+        from it). Its sessions must be the core's session ids."""
+        rates = {sid: rate for sid, rate in ((str(k.model), r) for k, r in plan.rates_by_session().items())}
+        request = PlanRequest(reason, self.clock.now_ms() / 1000.0, rates)
+        assignment = self._place(plan)
+        self._commit(_Prepared(PlanDecision(request, plan, 1.0, True), assignment))
+
+    def _place(self, plan: Plan) -> Assignment:
+        assignment = assign(
+            plan,
+            self._assignment.backend_slot,
+            len(self.workers),
+            self._scheduled_latency,
+            lambda allocation: self._sessions[allocation.model].profile.max_batch,
+        )
+        self._load_executors(assignment)
+        return assignment
+
+    def prepare(self, request: PlanRequest) -> _Prepared:
+        """The plan for ``request`` placed on the slots, with every executor it needs created (slow: the
+        server runs it off the event loop)."""
+        decision = self.control.plan_for(request)
+        if not decision.fits:
+            logger.warning(
+                "the models need %d backends but there are %d slots", decision.plan.num_backends, len(self.workers)
             )
-            return plan
+        return _Prepared(decision, self._place(decision.plan))
 
-    def _workload(self, rates: dict[str, float], scale: float) -> Workload:
-        sessions = tuple(Session(sid, self._sessions[sid].spec.slo_ms, rate * scale) for sid, rate in rates.items())
-        settings = Settings(network_ms=self.config.network_ms, profile_inflation=self.config.profile_inflation)
-        return Workload(sessions=sessions, settings=settings)
+    def _commit(self, prepared: _Prepared | None) -> bool:
+        """Install a prepared plan (or none), unless it is an epoch re-plan that would change nothing.
+        Returns whether a plan was installed."""
+        if prepared is None:
+            with self.lock:
+                self._install(None, Assignment({}, {}))
+            self.control.forget()
+            return False
+        decision = prepared.decision
+        if decision.request.reason != "manual" and not self.control.worth_installing(decision):
+            self.control.skip(decision)
+            return False
+        with self.lock:
+            moved = self._install(decision.plan, prepared.assignment)
+        self.control.installed(decision)
+        self.metrics.record_replan(str(decision.request.reason), moved)
+        logger.info(
+            "plan (%s): %d backends, %d sessions, headroom %.2fx",
+            decision.request.reason,
+            decision.plan.num_backends,
+            len(decision.request.rates),
+            decision.headroom,
+        )
+        return True
 
-    def _fit(self, rates: dict[str, float]) -> tuple[Plan, float]:
-        """The plan for the largest multiple of ``rates`` (up to max_headroom) that fits the slots.
-
-        A geometric search: scale down by 4 until a plan fits, then bisect (on a log scale) to 2%.
-        """
-        profiles = {sid: s.profile for sid, s in self._sessions.items()}
-        slots = self.config.layout.slots
-
-        def plan_at(scale: float) -> Plan:
-            return make_plan(self._workload(rates, scale), profiles)
-
-        high = self.config.max_headroom
-        best = plan_at(high)
-        best_scale = high
-        if best.num_backends > slots:
-            fitting: tuple[float, Plan] | None = None
-            scale = high
-            while scale > MIN_HEADROOM:
-                scale /= 4
-                candidate = plan_at(scale)
-                if candidate.num_backends <= slots:
-                    fitting = (scale, candidate)
-                    break
-                high = scale
-            if fitting is None:
-                # Not even a sliver of the load fits: every session needs its own time on a slot. Serve
-                # the smallest plan anyway, several of its backends sharing a slot (SLOs will be missed).
-                best_scale, best = scale, plan_at(scale)
-                logger.warning("the models need %d backends but there are %d slots", best.num_backends, slots)
-            else:
-                low, best = fitting
-                while high / low > 1.02:
-                    middle = math.sqrt(low * high)
-                    candidate = plan_at(middle)
-                    if candidate.num_backends <= slots:
-                        low, best = middle, candidate
-                    else:
-                        high = middle
-                best_scale = low
-        if self.plan is not None:
-            incremental = replan(self.plan, self._workload(rates, best_scale), profiles).plan
-            if incremental.num_backends <= max(slots, best.num_backends):
-                return incremental, best_scale
-        return best, best_scale
-
-    def _map_backends(self, plan: Plan) -> dict[int, int]:
-        """Plan backend id → worker index, keeping each surviving backend on the worker it had."""
-        slots = len(self._workers)
-        known = self._backend_worker
-        mapping = {b.backend_id: known[b.backend_id] for b in plan.backends if b.backend_id in known}
-        used = set(mapping.values())
-        free = [w for w in range(slots) if w not in used]
-        for backend in plan.backends:
-            if backend.backend_id not in mapping:
-                if free:
-                    mapping[backend.backend_id] = free.pop(0)
-                else:  # more backends than slots: share the least-loaded slot
-                    load = {w: sum(1 for v in mapping.values() if v == w) for w in range(slots)}
-                    mapping[backend.backend_id] = min(load, key=lambda w: (load[w], w))
-        return mapping
-
-    def _load_executors(self, plan: Plan, mapping: dict[int, int]) -> None:
-        """Create (in a worker thread, before the switch) every executor the plan needs that is missing."""
+    def _load_executors(self, assignment: Assignment) -> None:
+        """Create every executor the assignment needs that is missing (before the switch)."""
         threads = self.config.layout.threads_per_slot
         kind = "null" if self.config.executor.startswith("null") else self.config.executor
-        needed = {(mapping[b.backend_id], a.model) for b in plan.backends for a in b.allocations}
+        needed = {(slot, str(share.key.model)) for slot, plan in assignment.slots.items() for share in plan.shares}
         if self.config.work_stealing:  # every slot can run every planned session's stolen batches
-            needed |= {(w, sid) for w in range(len(self._workers)) for _, sid in needed}
+            needed |= {(w, sid) for w in range(len(self.workers)) for _, sid in needed}
         for key in sorted(needed):
             if key not in self._executors:
                 session = self._sessions[key[1]]
                 null_profile = session.profile if self.config.executor == "null" else None
-                self._executors[key] = make_executor(session.spec, kind, threads, null_profile)
+                self._executors[key] = make_executor(session.spec, kind, threads, null_profile, self.clock)
 
-    def _install(self, plan: Plan | None, mapping: dict[int, int]) -> int:
-        """Switch to ``plan``; returns how many sessions landed on a slot they were not on. Runs on the event
-        loop, so no request is routed half-way through."""
-        per_worker: dict[int, dict[str, SessionSlot]] = {w: {} for w in range(len(self._workers))}
+    def _install(self, plan: Plan | None, assignment: Assignment) -> int:
+        """Under the lock: switch to ``plan``. Returns how many sessions landed on a slot they were not on."""
         weights: dict[str, dict[int, float]] = {}
-        budgets: dict[int, float] = {}  # worker → the longest batch it may steal without breaking a promise
-        for backend in plan.backends if plan is not None else ():
-            worker = mapping[backend.backend_id]
-            cycle = backend.duty_cycle_ms or 0.0
-            slack = min((a.budget_ms - cycle - a.latency_ms for a in backend.allocations), default=math.inf)
-            budgets[worker] = min(budgets.get(worker, math.inf), max(slack, 0.0))
-            limits = burst_batches(backend, self._scheduled_latency, lambda sid: self._sessions[sid].profile.max_batch)
-            for allocation in backend.allocations:
-                sid = allocation.model
-                slots = per_worker[worker]
-                if sid in slots:  # two backends of one session on one slot (only when slots are short)
-                    slots[sid].batch = max(slots[sid].batch, limits[sid])
-                else:
-                    session = self._sessions[sid]
-                    slots[sid] = SessionSlot(
-                        session_id=sid,
-                        spec=session.spec,
-                        executor=self._executors[(worker, sid)],
-                        batch=limits[sid],
-                        queue=SessionQueue(session.latency_ms, DropPolicy.EARLY),
-                    )
-                weights.setdefault(sid, {})
-                weights[sid][worker] = weights[sid].get(worker, 0.0) + allocation.rate
+        planned: set[str] = set()
+        moved = 0
+        orphans: list[tuple[str, Item]] = []
+        stealable = planned_sessions(assignment) if self.config.work_stealing else set()
+        for index, worker in enumerate(self.workers):
+            slot_plan = assignment.slots.get(index)
+            slots: list[Slot] = []
+            for share in slot_plan.shares if slot_plan is not None else ():
+                sid = str(share.key.model)
+                session = self._sessions[sid]
+                work = SessionWork(session.spec, self._executors[(index, sid)])
+                queue = SessionQueue(session.latency.latency_ms, DropPolicy.EARLY)
+                slots.append(Slot(sid, queue, share.batch, payload=work))
+                weights.setdefault(sid, {})[index] = weights.get(sid, {}).get(index, 0.0) + share.rate
+                planned.add(sid)
+            before = set(worker.turn.sessions)
+            moved += sum(1 for slot in slots if slot.session not in before)
+            budget = slot_plan.steal_budget_ms if slot_plan is not None else math.inf
+            leaving = worker.turn.assign(slots, steal_budget_ms=budget, stealable=stealable)
+            worker.spare_executors = {
+                sid: self._executors[(index, sid)] for sid in stealable if (index, sid) in self._executors
+            }
+            orphans.extend((str(slot.session), item) for slot in leaving for item in slot.queue.drain())
         self._routers = {
             sid: DeficitRoundRobin(list(w), list(w.values())) for sid, w in weights.items() if sum(w.values()) > 0
         }
-        orphans: list[tuple[str, Item]] = []
-        moved = 0
-        planned = set(weights)
-        for index, worker in enumerate(self._workers):
-            before = set(worker.session_ids)
-            moved += sum(1 for sid in per_worker[index] if sid not in before)
-            spare = {sid: self._executors[(index, sid)] for sid in planned if (index, sid) in self._executors}
-            budget = budgets.get(index, math.inf) if self.config.work_stealing else 0.0
-            orphans.extend(worker.assign(list(per_worker[index].values()), budget, spare))
         self.requests_moved += len(orphans)
+        now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session
             router = self._routers.get(sid)
             if router is None:
-                self._fail(item, UnavailableError(f"model {item.payload.spec.name!r} was unloaded"))
-                continue
-            worker = self._workers[self._route(sid, router)]
-            if not worker.submit(sid, item):
+                self._count_failed(item)
+                item.payload.reply(UnavailableError(f"model {item.payload.spec.name!r} was unloaded"))
+            elif self._queue(sid, router, item, now_ms) is None:
                 self._count_dropped(item.payload.spec, [item])
-                self._settle([(item.payload.future, _dropped_error(item.payload.spec))])
-        self.plan = plan
-        self._backend_worker = dict(mapping)
+                item.payload.reply(_dropped_error(item.payload.spec))
+        self._assignment = assignment
         # Forget executors no slot uses any more (an unloaded model, a session that moved). A batch still
         # running on one keeps its own reference, so it is freed when that batch is done, not under it.
-        in_use = {(w, sid) for w, slots in per_worker.items() for sid in slots}
+        in_use = {(w, str(s.key.model)) for w, p in assignment.slots.items() for s in p.shares}
         if self.config.work_stealing:
-            in_use |= {(w, sid) for w in range(len(self._workers)) for sid in planned}
+            in_use |= {(w, sid) for w in range(len(self.workers)) for sid in planned}
         self._executors = {key: executor for key, executor in self._executors.items() if key in in_use}
+        self.lock.notify_all()
         if plan is not None:
             self.metrics.set_plan(plan, labels=self._labels())
         return moved
 
-    def _scheduled_latency(self, sid: str, batch: int) -> float:
+    def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
         """ℓ(batch) as the scheduler counts it (margins included)."""
-        return self._sessions[sid].profile.batch_latency_ms(batch) * self.config.profile_inflation
+        profile = self._sessions[allocation.model].scheduled
+        return profile.batch_latency_ms(batch) if batch <= profile.max_batch else math.inf
 
     def _labels(self) -> dict[str, tuple[str, str]]:
         return {sid: (s.spec.name, s.spec.version) for sid, s in self._sessions.items()}
@@ -512,30 +531,26 @@ class ServingCore(BatchSink):
     # ------------------------------------------------------------------------------ control loop
     async def _control_loop(self) -> None:
         while True:
-            await asyncio.sleep(CONTROL_TICK_S)
+            await asyncio.sleep(self.config.control_tick_s)
             try:
-                now_s = time.monotonic()
-                measured = self.rates.rates(now_s)
-                self.metrics.set_session_rates(
-                    {SessionKey(sid, s.spec.slo_ms): measured.get(sid, 0.0) for sid, s in self._sessions.items()},
-                    labels=self._labels(),
-                )
-                floored = {sid: max(measured.get(sid, 0.0), self.config.min_rate_per_s) for sid in self._sessions}
-                reason = self.epochs.due(now_s, floored, self._planned_rates, self.headroom)
-                if reason is not None:
-                    await self.replan(str(reason))
+                request = self._control_request()
+                if request is None:
+                    continue
+                async with self._plan_lock:
+                    prepared = await asyncio.to_thread(self.prepare, request)
+                    self._commit(prepared)
             except Exception:  # the control loop must outlive any one failed re-plan
                 logger.exception("re-plan failed; keeping the current plan")
-                self.epochs.replanned(time.monotonic())
+                self.control.policy.replanned(self.clock.now_ms() / 1000.0)
 
     # ------------------------------------------------------------ BatchSink (worker threads call these)
     def batch_done(
-        self, slot: SessionSlot, items: Sequence[Item], outputs: Sequence[dict[str, np.ndarray]], timing: BatchTiming
+        self, slot: Slot, items: Sequence[Item], outputs: Sequence[dict[str, np.ndarray]], timing: BatchTiming
     ) -> None:
-        spec = slot.spec
-        finish_ns = time.monotonic_ns()
-        started_ns = int(timing.started_ms * 1e6)
-        queue_ns = sum(max(0, started_ns - item.payload.arrival_ns) for item in items)
+        work: SessionWork = slot.payload
+        spec = work.spec
+        finish_ms = self.clock.now_ms()
+        queue_ns = sum(max(0, round((timing.started_ms - item.payload.arrival_ms) * 1e6)) for item in items)
         inputs = sum(item.size for item in items)
         compute_ns = timing.input_ns + timing.infer_ns + timing.output_ns
         self.stats.record_batch(
@@ -549,54 +564,81 @@ class ServingCore(BatchSink):
             output_ns=timing.output_ns,
         )
         self.metrics.record_batch(spec.name, spec.version, inputs, queue_ns, compute_ns, requests=len(items))
-        session = self._sessions.get(slot.session_id)
+        session = self._sessions.get(str(slot.session))
         if session is not None:
-            session.observe(inputs, compute_ns / 1e6)
-        settled = []
+            session.latency.observe(inputs, timing.compute_ms)
+        answers: list[tuple[Reply, InferResponse | BaseException]] = []
         for item, output in zip(items, outputs, strict=True):
             pending: _Pending = item.payload
-            duration_ns = finish_ns - pending.arrival_ns
-            latency_ms = duration_ns / 1e6
-            met = finish_ns / 1e6 <= item.deadline_ms
-            self.stats.record_success(spec.name, spec.version, duration_ns)
+            latency_ms = finish_ms - pending.arrival_ms
+            met = finish_ms <= item.deadline_ms
+            self.stats.record_success(spec.name, spec.version, round(latency_ms * 1e6))
             self.metrics.record_request(spec.name, spec.version, "met" if met else "late", latency_ms)
-            response = InferResponse(spec.name, spec.version, output, pending.request.request_id)
-            settled.append((pending.future, response))
-        self._settle(settled)
+            answers.append((pending.reply, InferResponse(spec.name, spec.version, output, pending.request.request_id)))
+        _deliver(answers)
 
-    def batch_failed(self, slot: SessionSlot, items: Sequence[Item], error: BaseException) -> None:
-        message = error if isinstance(error, InternalError) else InternalError(f"model {slot.spec.name!r}: {error}")
+    def batch_failed(self, slot: Slot, items: Sequence[Item], error: BaseException) -> None:
+        work: SessionWork = slot.payload
+        message = error if isinstance(error, InternalError) else InternalError(f"model {work.spec.name!r}: {error}")
         for item in items:
-            self._fail(item, message)
+            self._count_failed(item)
+        _deliver([(item.payload.reply, message) for item in items])
 
-    def dropped(self, slot: SessionSlot, items: Sequence[Item]) -> None:
-        self._count_dropped(slot.spec, items)
-        error = _dropped_error(slot.spec)
-        self._settle([(item.payload.future, error) for item in items])
+    def dropped(self, slot: Slot, items: Sequence[Item]) -> None:
+        work: SessionWork = slot.payload
+        self._count_dropped(work.spec, items)
+        error = _dropped_error(work.spec)
+        _deliver([(item.payload.reply, error) for item in items])
 
     def _count_dropped(self, spec: ModelSpec, items: Sequence[Item]) -> None:
-        now_ns = time.monotonic_ns()
+        now_ms = self.clock.now_ms()
         for item in items:
-            self.stats.record_failure(spec.name, spec.version, now_ns - item.payload.arrival_ns)
+            self.stats.record_failure(spec.name, spec.version, round((now_ms - item.payload.arrival_ms) * 1e6))
             self.metrics.record_request(spec.name, spec.version, "dropped")
 
-    def _fail(self, item: Item, error: BaseException) -> None:
+    def _count_failed(self, item: Item) -> None:
         spec = item.payload.spec
-        self.stats.record_failure(spec.name, spec.version, time.monotonic_ns() - item.payload.arrival_ns)
+        self.stats.record_failure(spec.name, spec.version, round((self.clock.now_ms() - item.payload.arrival_ms) * 1e6))
         self.metrics.record_request(spec.name, spec.version, "failed")
-        self._settle([(item.payload.future, error)])
-
-    def _settle(self, outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
-        """Resolve futures on the event loop (callable from any thread)."""
-        if not outcomes or self._loop is None:
-            return
-        if self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(_resolve, outcomes)
 
 
-def _resolve(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, outcome in outcomes:
+def planned_sessions(assignment: Assignment) -> set[str]:
+    return {str(share.key.model) for plan in assignment.slots.values() for share in plan.shares}
+
+
+class _FutureReply:
+    """A reply that resolves a future on its event loop (callable from any thread)."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def __call__(self, outcome: InferResponse | BaseException) -> None:
+        _deliver([(self, outcome)])
+
+
+def _future_reply(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Reply:
+    return _FutureReply(loop, future)
+
+
+def _deliver(outcomes: Sequence[tuple[Reply, InferResponse | BaseException]]) -> None:
+    """Answer many requests at once: futures of one event loop are resolved in one wake-up of that loop
+    (one ``call_soon_threadsafe`` per batch, not per request); other replies are called directly."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for reply, outcome in outcomes:
+        if isinstance(reply, _FutureReply):
+            by_loop.setdefault(reply.loop, []).append((reply.future, outcome))
+        else:
+            reply(outcome)
+    for loop, futures in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_resolve, futures)
+
+
+def _resolve(futures: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in futures:
         if future.done():  # the client went away; its answer has nowhere to go
             continue
         if isinstance(outcome, BaseException):
@@ -616,18 +658,26 @@ def session_id(spec: ModelSpec) -> str:
     return f"{spec.name}:{spec.version}"
 
 
-def queue_latency(profile: Profile) -> Callable[[int], float]:
-    """ℓ(n) for the batching policy: the profile's latency, extended linearly past its largest size
-    (a client may send more rows in one request than the plan's batch)."""
-    largest = profile.max_batch
-    per_input = profile.latency_ms(largest) / largest
-
-    def latency_ms(inputs: int) -> float:
-        if inputs <= largest:
-            return profile.batch_latency_ms(inputs)
-        return per_input * inputs
-
-    return latency_ms
+def scheduling_profile(repository: ModelRepository, spec: ModelSpec, config: ServingConfig) -> Profile:
+    """ℓ(b) on one slot, as the scheduler sees it: named by the session, any batch size up to the model's
+    max (ONNX Runtime runs any size; in between measured sizes ℓ is interpolated). The simulator's twin
+    of this server reads the same profiles."""
+    max_batch = max(spec.max_batch_size, 1)
+    if config.executor == "null-zero":
+        # No work at all: a token latency keeps every profile rule well defined.
+        table = {str(b): 1e-3 for b in range(1, max_batch + 1)}
+        return Profile.from_dict({"model": session_id(spec), "device": "null", "batch_ms": table})
+    # Measured with every slot running at once, as they will while serving (shared caches and memory).
+    measured = repository.profile(
+        spec, config.layout.threads_per_slot, concurrency=config.layout.slots, progress=config.profile_progress
+    )
+    table = {str(b): v for b, v in measured.batch_ms.items() if b <= max_batch}
+    if not table:
+        raise WorkloadError(f"the profile of {spec.name!r} has no batch size within max_batch_size {max_batch}")
+    data = {**measured.to_dict(), "model": session_id(spec), "batch_ms": table, "interpolate": max_batch > 1}
+    data.pop("changes", None)
+    data.pop("memory_mb", None)  # CPU memory is not the constraint that limits a slot here
+    return Profile.from_dict(data)
 
 
 def _check_feasible(spec: ModelSpec, profile: Profile, config: ServingConfig) -> None:

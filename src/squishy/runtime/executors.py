@@ -8,13 +8,13 @@ release the GIL while they compute, so a backend drives each executor from its o
 from __future__ import annotations
 
 import abc
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.profiles import Profile
 from squishy.runtime.api import DATATYPES, InternalError, ModelSpec
 
@@ -180,13 +180,14 @@ class NullExecutor(Executor):
     largest allowed size is an error, as it would be for a real backend planned with that profile.
     """
 
-    def __init__(self, spec: ModelSpec, profile: Profile | None = None) -> None:
+    def __init__(self, spec: ModelSpec, profile: Profile | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.spec = spec
         self.profile = profile
+        self.clock = clock
         self.batches_run = 0
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        start_s = time.perf_counter()
+        start_ms = self.clock.now_ms()
         names = self._outputs_wanted(output_names)
         batch = self._batch_size(inputs)
         latency_ms = self._latency_ms(batch)
@@ -202,9 +203,9 @@ class NullExecutor(Executor):
             )
         self.batches_run += 1
         # Sleep in slices so the total lands close to ℓ(b) even when one sleep overshoots.
-        deadline_s = start_s + latency_ms / 1000.0
-        while (remaining_s := deadline_s - time.perf_counter()) > 0:
-            time.sleep(remaining_s)
+        deadline_ms = start_ms + latency_ms
+        while (remaining_ms := deadline_ms - self.clock.now_ms()) > 0:
+            self.clock.sleep_ms(remaining_ms)
         return outputs
 
     def _batch_size(self, inputs: Mapping[str, np.ndarray]) -> int:
@@ -212,6 +213,10 @@ class NullExecutor(Executor):
             return 1
         first = next(iter(inputs.values()), None)
         return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+
+    def latency_ms(self, batch: int) -> float:
+        """ℓ(batch) this executor takes (0 with no profile)."""
+        return self._latency_ms(batch)
 
     def _latency_ms(self, batch: int) -> float:
         if self.profile is None:
@@ -225,7 +230,13 @@ class NullExecutor(Executor):
         return self.profile.latency_ms(fitting)
 
 
-def make_executor(spec: ModelSpec, kind: str = "auto", threads: int = 1, profile: Profile | None = None) -> Executor:
+def make_executor(
+    spec: ModelSpec,
+    kind: str = "auto",
+    threads: int = 1,
+    profile: Profile | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Executor:
     """An executor for one model version.
 
     ``kind``: ``auto`` (by the spec's platform: ONNX Runtime for ``onnxruntime_onnx``, Torch for
@@ -235,7 +246,7 @@ def make_executor(spec: ModelSpec, kind: str = "auto", threads: int = 1, profile
     if kind not in EXECUTOR_KINDS:
         raise ExecutorError(f"unknown executor kind {kind!r} (choose from {', '.join(EXECUTOR_KINDS)})")
     if kind == "null":
-        return NullExecutor(spec, profile)
+        return NullExecutor(spec, profile, clock)
     if kind == "auto":
         kind = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "torch"}.get(spec.platform, "")
         if not kind:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 
+from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.runtime.api import ModelStatistics
 
 
 class StatisticsBook:
     """Cumulative counters per (model, version); every method is thread-safe and cheap."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._stats: dict[tuple[str, str], ModelStatistics] = {}
 
@@ -46,7 +47,7 @@ class StatisticsBook:
             stats.compute_output_ns += output_ns * requests
             count, ns = stats.batch_stats.get(inputs, (0, 0))
             stats.batch_stats[inputs] = (count + 1, ns + input_ns + infer_ns + output_ns)
-            stats.last_inference_ms = int(time.time() * 1000)
+            stats.last_inference_ms = int(self._clock.epoch_ms())
 
     def record_success(self, name: str, version: str, duration_ns: int) -> None:
         with self._lock:

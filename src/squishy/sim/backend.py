@@ -1,27 +1,23 @@
-"""Simulated backends: one executor per device running its allocations as the plan says.
+"""Simulated backends: the device state around the shared backend-turn policy.
 
-A backend with a duty cycle round-robins its allocations, one batch each per turn, skipping those with
-nothing to run; a request that finds its backend idle runs at once (the duty cycle bounds the wait, it
-does not impose it). A backend without a duty cycle (the batch-oblivious baselines) runs batches first
-come, first served: the allocation whose oldest queued request arrived first goes next.
-
-Which requests run together and which are dropped is decided by ``squishy.batching`` (the array form
-of the session queue and the dispatch rules), exactly as on a real backend; this module only keeps the
-requests that are still on the network (``pending``) and the device's clock.
+Which session runs next, which requests batch together and which are dropped is decided by
+``squishy.batching`` (``BackendTurn`` over ``ArraySessionQueue``s), exactly as on a real backend. This
+module holds what only a simulation needs: how long a batch takes on the device (``ExecModel``), the
+requests still on the simulated network (a buffer per session share, bulk arrivals only), and the
+device's clock (the batch in flight, the pending wake-up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from squishy.batching.policies import Dispatch
-from squishy.batching.queue import ArraySessionQueue
+from squishy.batching.turn import BackendTurn, Machine, Slot
 from squishy.scheduler.workload import SessionKey
 
-# Request tags: (query id + 1) << CLASS_BITS | request class. Plain requests have query id -1.
+# Request tags: (request id + 1) << CLASS_BITS | request class. Requests without a row in the request
+# table (plain sessions on the bulk path, whose send time is their deadline minus the SLO) have id -1.
 CLASS_BITS = 12
 CLASS_MASK = (1 << CLASS_BITS) - 1
 
@@ -41,6 +37,8 @@ class ExecModel:
     device_per_request_ms: float = 0.0  # pre + post charged to the device when not overlapped
 
     def mean_ms(self, count: int, classes: np.ndarray | None) -> float:
+        if count >= len(self.table_ms):  # a multi-row request past the profile: linear, as the queue predicts
+            return float(self.table_ms[-1]) / (len(self.table_ms) - 1) * count
         if self.member_slot is None or classes is None:
             return float(self.table_ms[count])
         assert self.trunk_ms is not None
@@ -53,26 +51,24 @@ class ExecModel:
             total += float(self.suffix_ms[slots[value]][n])
         return total
 
+    def std_ms(self, count: int) -> float:
+        return float(self.std_table_ms[min(count, len(self.std_table_ms) - 1)])
+
     @property
     def max_batch(self) -> int:
         return len(self.table_ms) - 1
 
 
-class AllocationRuntime:
-    """One allocation (a session's share) on one backend: its queue, dispatch rule and network buffer."""
+class Share:
+    """One session's share of one simulated backend (a turn ``Slot``'s payload): its device timing and
+    the requests routed to it that are still on the network (bulk arrivals)."""
 
-    def __init__(
-        self, key: SessionKey, batch: int, slo_ms: float, queue: ArraySessionQueue, dispatch: Dispatch, exe: ExecModel
-    ) -> None:
+    def __init__(self, key: SessionKey, slo_ms: float, exe: ExecModel) -> None:
         self.key = key
-        self.batch = batch  # the plan's batch size: the most this allocation runs per turn
         self.slo_ms = slo_ms  # what the dispatch rule compares batch latencies with
-        self.queue = queue
-        self.dispatch = dispatch
         self.exe = exe
-        self.backend: BackendRuntime | None = None  # set when a backend installs it
+        self.backend: SimBackend | None = None
         self.single_class = -1  # the only request class routed here, or -1 when several (or none) are
-        # Requests routed here that have not arrived yet (network, pre-processing), by arrival time.
         self.pending_arrivals = np.empty(0)
         self.pending_deadlines = np.empty(0)
         self.pending_tags = np.empty(0, dtype=np.int64)
@@ -105,14 +101,14 @@ class AllocationRuntime:
             )
         self.pending_head = 0
 
-    def absorb(self, now_ms: float) -> None:
-        """Move requests that have arrived by ``now_ms`` from the network into the queue."""
+    def absorb(self, slot: Slot, now_ms: float) -> None:
+        """Move requests that have arrived by ``now_ms`` from the network into ``slot``'s queue."""
         head = self.pending_head
         arrivals = self.pending_arrivals
         if head >= len(arrivals) or arrivals[head] > now_ms:
             return
         stop = head + int(arrivals[head:].searchsorted(now_ms, side="right"))
-        self.queue.push_many(self.pending_deadlines[head:stop], arrivals[head:stop], self.pending_tags[head:stop])
+        slot.queue.push_many(self.pending_deadlines[head:stop], arrivals[head:stop], self.pending_tags[head:stop])
         self.pending_head = stop
 
     def take_pending_after(self, time_ms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,76 +123,66 @@ class AllocationRuntime:
         self.pending_head = 0
         return out
 
-    def drain_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Everything here: (queued deadlines, arrivals, tags, pending arrivals, deadlines, tags)."""
-        deadlines, arrivals, tags = self.queue.drain()
+    def drain_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         head = self.pending_head
-        pending = (self.pending_arrivals[head:], self.pending_deadlines[head:], self.pending_tags[head:])
+        out = (self.pending_arrivals[head:], self.pending_deadlines[head:], self.pending_tags[head:])
         self.pending_arrivals, self.pending_deadlines = np.empty(0), np.empty(0)
         self.pending_tags, self.pending_head = np.empty(0, dtype=np.int64), 0
-        return deadlines, arrivals, tags, *pending
+        return out
 
 
 @dataclass
 class InFlight:
-    allocation: AllocationRuntime
-    deadlines: np.ndarray
-    tags: np.ndarray
+    slot: Slot
+    batch_deadlines: np.ndarray
+    batch_tags: np.ndarray
+    inputs: int
     start_ms: float
+    duration_ms: float
     finish_ms: float
 
 
-class BackendRuntime:
-    """One device's executor state."""
+@dataclass(eq=False)
+class SimBackend:
+    """One simulated device: the shared turn state plus the device's clock."""
 
-    def __init__(self, backend_id: int, duty_cycle_ms: float | None, allocations: Sequence[AllocationRuntime]) -> None:
-        self.backend_id = backend_id
-        self.duty_cycle_ms = duty_cycle_ms
-        self.allocations = list(allocations)
-        self.round_robin = 0  # the allocation whose turn is next
-        self.inflight: InFlight | None = None
-        self.wake_ms = float("inf")  # when the pending wake-up event fires (inf: none)
-        self.version = 0  # bumps invalidate older wake-up events
-        self.retired = False
-        self.busy_ms = 0.0
-
-    @property
-    def fcfs(self) -> bool:
-        return self.duty_cycle_ms is None
+    turn: BackendTurn
+    node: SimNode | None = None
+    inflight: InFlight | None = None
+    wake_ms: float = float("inf")  # when the pending wake-up event fires (inf: none)
+    version: int = 0  # bumps invalidate older wake-up events
+    retired: bool = False
+    busy_ms: float = 0.0
 
     def next_event_ms(self, now_ms: float) -> float:
-        """When an idle backend must look again: the next arrival, or a dispatch rule's timeout."""
+        """When an idle backend must look again: the next arrival on the network, or a dispatch timeout."""
         best = float("inf")
-        for allocation in self.allocations:
-            arrival = allocation.next_arrival_ms()
+        for slot in self.turn.slots:
+            arrival = slot.payload.next_arrival_ms()
             if arrival < best:
                 best = arrival
-            if len(allocation.queue):
-                wake = allocation.dispatch.wake_at(allocation.queue, now_ms, allocation.batch)
-                if wake is not None and wake < best:
-                    best = max(wake, now_ms)
+        wake = self.turn.wake_at(now_ms)
+        if wake is not None and wake < best:
+            best = wake
         return best
 
-    def choose(self, now_ms: float) -> AllocationRuntime | None:
-        """The allocation whose batch runs next (its queue absorbed and ready), or None."""
-        allocations = self.allocations
-        count = len(allocations)
-        if not self.fcfs:
-            start = self.round_robin
-            for step in range(count):
-                index = (start + step) % count
-                allocation = allocations[index]
-                allocation.absorb(now_ms)
-                if len(allocation.queue) and allocation.dispatch.ready(allocation.queue, now_ms, allocation.batch):
-                    self.round_robin = (index + 1) % count
-                    return allocation
-            return None
-        chosen: AllocationRuntime | None = None
-        oldest = float("inf")
-        for allocation in allocations:
-            allocation.absorb(now_ms)
-            if len(allocation.queue) and allocation.dispatch.ready(allocation.queue, now_ms, allocation.batch):
-                arrival = allocation.queue.oldest_arrival_ms()
-                if arrival is not None and arrival < oldest:
-                    chosen, oldest = allocation, arrival
-        return chosen
+
+@dataclass(eq=False)
+class SimNode:
+    """A machine: backends that see each other's queues (routing by backlog, work stealing)."""
+
+    backends: list[SimBackend] = field(default_factory=list)
+    machine: Machine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        self.machine = Machine([b.turn for b in self.backends])
+        for backend in self.backends:
+            backend.node = self
+
+    def absorb(self, now_ms: float) -> None:
+        for backend in self.backends:
+            for slot in backend.turn.slots:
+                slot.payload.absorb(slot, now_ms)

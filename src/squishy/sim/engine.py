@@ -47,6 +47,20 @@ class Engine:
         if until_ms != float("inf"):
             self.now_ms = max(self.now_ms, until_ms)
 
+    def peek(self) -> tuple[float, int]:
+        """(time, priority) of the next event; (inf, 0) when none is scheduled."""
+        if not self._heap:
+            return float("inf"), 0
+        head = self._heap[0]
+        return head[0], head[1]
+
+    def advance(self, time_ms: float) -> None:
+        """Move the clock forward inside an event (an event handler that processes a run of arrivals
+        up to, not past, the next scheduled event)."""
+        if time_ms < self.now_ms:
+            raise ValueError(f"cannot go back in time ({time_ms} < {self.now_ms})")
+        self.now_ms = time_ms
+
     def stop(self) -> None:
         """Drop every pending event: ``run`` returns after the current one."""
         self._heap.clear()

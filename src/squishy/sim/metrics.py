@@ -37,6 +37,9 @@ class Metrics:
         bins = math.ceil(end_ms / bin_ms) + 1
         self.sent_series = np.zeros(bins, dtype=np.int64)
         self.bad_series = np.zeros(bins, dtype=np.int64)
+        # The same per source (rows), by send time.
+        self.source_sent_series = np.zeros((count, bins), dtype=np.int64)
+        self.source_bad_series = np.zeros((count, bins), dtype=np.int64)
         self._edges = np.geomspace(HIST_LOW_MS, HIST_HIGH_MS, HIST_BINS + 1)
         self._hist = np.zeros((count, HIST_BINS + 2), dtype=np.int64)
         self._buffer: list[list[np.ndarray]] = [[] for _ in range(count)]
@@ -50,6 +53,7 @@ class Metrics:
         else:
             self.sent[source] += int(np.count_nonzero(sends_ms >= self.warmup_ms))
         self._bin(self.sent_series, sends_ms)
+        self._bin(self.source_sent_series[source], sends_ms)
 
     def add_served(self, source: int, sends_ms: np.ndarray, latencies_ms: np.ndarray, late: np.ndarray) -> None:
         """``late`` is a boolean mask over the requests."""
@@ -58,6 +62,7 @@ class Metrics:
         late_count = int(np.count_nonzero(late))
         if late_count:
             self._bin(self.bad_series, sends_ms[late])
+            self._bin(self.source_bad_series[source], sends_ms[late])
         if sends_ms.min() < self.warmup_ms:
             keep = sends_ms >= self.warmup_ms
             late = late & keep
@@ -83,6 +88,7 @@ class Metrics:
         self.served_total += count
         if late_count:
             self._bin(self.bad_series, sends_ms[:late_count])
+            self._bin(self.source_bad_series[source], sends_ms[:late_count])
             self.late[source] += late_count
         self.good[source] += count - late_count
         self._buffer[source].append(latencies_ms)
@@ -93,6 +99,7 @@ class Metrics:
     def add_dropped(self, source: int, sends_ms: np.ndarray) -> None:
         self.served_total += len(sends_ms)
         self._bin(self.bad_series, sends_ms)
+        self._bin(self.source_bad_series[source], sends_ms)
         if sends_ms.min() < self.warmup_ms:
             self.dropped[source] += int(np.count_nonzero(sends_ms >= self.warmup_ms))
         else:

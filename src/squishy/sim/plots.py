@@ -155,4 +155,31 @@ def _bursty(results: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
         axis.set_yscale("log")
         axis.set_title(app)
         axis.legend()
-    return [_save(figure, out_dir / f"{name}.png")]
+    paths = [_save(figure, out_dir / f"{name}.png")]
+    if all("curves" in data for data in apps.values()):
+        paths.append(_bursty_curves(apps, out_dir / f"{name}-curves.png"))
+    return paths
+
+
+def _bursty_curves(apps: dict[str, Any], path: Path) -> Path:
+    """squishy's pass/fail curves: good rate against offered rate, plans for the mean and with headroom,
+    one line per arrival process (scan and bisection probes, on the search's first seed)."""
+    figure, axes = plt.subplots(1, len(apps), figsize=(5.5 * len(apps), 4), squeeze=False)
+    for axis, (app, data) in zip(axes[0], apps.items(), strict=True):
+        for process, curves in data["curves"].items():
+            for plan, style in (("plan_for_mean", "-"), ("plan_with_headroom", "--")):
+                points = [p for p in curves.get(plan, []) if p["phase"] != "confirm"]
+                if not points:
+                    continue
+                label = f"{process}, {plan.replace('_', ' ')}"
+                axis.plot(
+                    [p["rate"] for p in points], [100 * p["good_rate"] for p in points], style, marker=".", label=label
+                )
+        axis.axhline(99.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_xlabel("offered rate (req/s)")
+        axis.set_ylabel("good (%)")
+        axis.set_ylim(0, 101)
+        axis.set_title(f"{app}: squishy's pass/fail curves")
+        axis.legend(fontsize="small")
+    return _save(figure, path)

@@ -1,6 +1,8 @@
 """Throughput at a good-rate target: the highest offered load at which a system keeps ≥ 99% of
-requests good, found by bracketing, bisection on the load scale, then a confirmation run on fresh
-arrivals (a different seed); a scale that fails confirmation is lowered until one passes.
+requests good, searched on the load scale with ``squishy.search`` (the load generator's algorithm too):
+a √2 grid from a quarter of the start up to where probes keep failing (good/bad need not be monotone in
+the load), bisection inside the highest passing bracket to 1%, then a confirmation run on fresh
+arrivals (another seed), stepping down, then back to lower passing scales, if it fails.
 
 Every probe is a pure function of (workload, system, scale, seed), so a search gives the same answer
 wherever it runs; independent searches run in a process pool.
@@ -8,6 +10,7 @@ wherever it runs; independent searches run in a process pool.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -16,14 +19,19 @@ from typing import Any
 
 from squishy.profiles import Profile
 from squishy.scheduler import Workload
+from squishy.search import RateSearch, highest_passing_rate
 from squishy.sim.simulation import SimConfig, Simulation
 from squishy.sim.systems import SYSTEMS, DoesNotFit, plan_for
 
 GOOD_TARGET = 0.99
 RELATIVE_TOLERANCE = 0.01  # stop bisecting when the bracket is this narrow
-CONFIRM_STEP = 0.97  # a scale that fails confirmation is multiplied by this and tried again
-MAX_CONFIRMS = 6
-MAX_BRACKET_STEPS = 8
+GRID_RATIO = math.sqrt(2.0)  # between scan points (probes are cheap: a fine grid)
+SCAN_FROM = 4.0  # the scan starts this factor below the initial scale
+FAILURES_TO_STOP = 3  # failing scan points in a row (above the start and every pass) that end the scan
+SCALE_RANGE = 256.0  # scales from initial / this to initial × this
+MAX_PROBES = 30  # scan and bisection; confirmation on top
+CONFIRM_ATTEMPTS = 4
+CONFIRM_SEED_OFFSET = 1000  # confirmation runs on seed + this: other arrivals, other latencies
 
 
 @dataclass(frozen=True)
@@ -67,52 +75,62 @@ def probe(spec: ProbeSpec, scale: float, seed: int | None = None) -> dict[str, A
     }
 
 
+@dataclass(frozen=True)
+class _Probed:
+    """One probe's record and its verdict: what the shared search sees of a probe."""
+
+    record: dict[str, Any]
+    passed: bool
+
+
 def max_good_scale(spec: ProbeSpec, initial_scale: float, target: float = GOOD_TARGET) -> dict[str, Any]:
-    """The search: returns the confirmed scale, the throughput there, and every probe made."""
-    probes: list[dict[str, Any]] = []
-
-    def passes(scale: float, seed: int | None = None) -> bool:
-        outcome = probe(spec, scale, seed)
-        outcome["seed"] = spec.config.seed if seed is None else seed
-        probes.append(outcome)
-        return outcome["fits"] and outcome["good_rate"] >= target
-
-    low, high = 0.0, None
-    scale = initial_scale
-    for _ in range(MAX_BRACKET_STEPS):
-        if passes(scale):
-            low = scale
-            if high is not None:
-                break
-            scale *= 2.0
-        else:
-            high = scale
-            if low > 0:
-                break
-            scale /= 2.0
-    if high is None:
-        high = low * 2.0
-    while low > 0 and (high - low) > RELATIVE_TOLERANCE * high:
-        middle = (low + high) / 2.0
-        if passes(middle):
-            low = middle
-        else:
-            high = middle
-    confirmed = low
-    for _ in range(MAX_CONFIRMS):
-        if confirmed <= 0 or passes(confirmed, spec.config.seed + 1000):
-            break
-        confirmed *= CONFIRM_STEP
-    else:
-        confirmed = 0.0
-    at = next((p for p in reversed(probes) if p["scale"] == confirmed), None)
+    """The search: the confirmed scale (0 if no scale passed on both seeds), the throughput there, the
+    probe there, every probe made (by scale), and the pass/fail curve over the offered rate."""
     base_rate = sum(s.rate for s in spec.workload.sessions) + sum(q.rate for q in spec.workload.queries)
+
+    def trial(scale: float, seed: int) -> _Probed:
+        outcome = probe(spec, scale, seed)
+        outcome["seed"] = seed
+        return _Probed(outcome, bool(outcome["fits"] and outcome["good_rate"] >= target))
+
+    settings = RateSearch(
+        start=initial_scale,
+        floor=initial_scale / SCALE_RANGE,
+        ceiling=initial_scale * SCALE_RANGE,
+        tolerance=RELATIVE_TOLERANCE,
+        grid_ratio=GRID_RATIO,
+        scan_from=SCAN_FROM,
+        failures_to_stop=FAILURES_TO_STOP,
+        max_trials=MAX_PROBES,
+        confirm_attempts=CONFIRM_ATTEMPTS,
+        seed=spec.config.seed,
+        confirm_seed=spec.config.seed + CONFIRM_SEED_OFFSET,
+    )
+    found = highest_passing_rate(trial, settings)
+    probes = [{**t.outcome.record, "phase": t.phase} for t in found.trials]
+    confirmed = found.rate if found.confirmed else 0.0
+    at = next((p for p in reversed(probes) if p["scale"] == confirmed), None)
+    curve = [
+        {
+            "scale": round(t.rate, 6),
+            "rate": round(t.rate * base_rate, 3),
+            "seed": t.seed,
+            "passed": t.passed,
+            "good_rate": t.outcome.record["good_rate"],
+            "fits": t.outcome.record["fits"],
+            "stopped_early": t.outcome.record.get("stopped_early", False),
+            "phase": t.phase,
+        }
+        for t in found.curve
+    ]
     return {
         "system": spec.system,
         "scale": round(confirmed, 6),
         "throughput": round(confirmed * base_rate, 3),
+        "confirmed": found.confirmed,
         "at_throughput": at,
         "probes": sorted(probes, key=lambda p: (p["scale"], p["seed"])),
+        "curve": curve,
     }
 
 

@@ -1,39 +1,122 @@
 """One simulated run: sources send requests, frontends route them by the plan, backends batch and run
 them, complex queries fan out stage by stage, and (optionally) the control loop re-plans.
 
-Requests move in numpy chunks: arrivals are generated for half a second at a time, routed in bulk, and
-held on the simulated network until their arrival time; a backend takes every request that has arrived
-when it next looks at its queue. Events are per batch, not per request, and nothing here decides which
-requests batch or drop: that is ``squishy.batching``'s job, as on a real backend.
+Everything between "rates measured" and "batch dispatched" is the server's own code: the control loop
+(``squishy.control``), the placement of plans on slots (``squishy.cluster.assign``), routing
+(``squishy.routing``) and the backend turn (``squishy.batching.turn`` over ``ArraySessionQueue``).
+This module supplies the substrate: simulated time, arrivals, device timing and the outcomes.
+
+Two ways requests reach the backends:
+- **bulk** (a cluster: every backend its own device): arrivals are generated half a second at a time,
+  routed in bulk by deficit round robin, and held on the simulated network until their arrival time; a
+  backend takes every request that has arrived when it next looks at its queue. Events are per batch,
+  not per request. A request that is hopeless on arrival is dropped by the backend's next sweep rather
+  than at the door (the same outcome, unless the observed slowdown falls in between).
+- **exact** (one machine: ``SimConfig.machine``): each request is admitted when it arrives, as the
+  server does: routed to the slot with the shorter backlog where that is clearly better, refused at once
+  when hopeless, and every idle slot of the machine then looks at the queues (work stealing).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from squishy.batching.limits import burst_batches
+from squishy.arrivals import Arrivals, RateSchedule, source_streams
+from squishy.batching.latency import LatencyModel
 from squishy.batching.policies import ClipperDispatch, Dispatch, SquishyDispatch, TfServingDispatch
-from squishy.batching.queue import ArraySessionQueue
+from squishy.batching.queue import ArrayItems, ArraySessionQueue
+from squishy.batching.turn import BackendTurn, Slot, Turn
+from squishy.cluster.assign import Assignment, SessionShare, assign
+from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
 from squishy.profiles import Profile
-from squishy.scheduler import Allocation, Backend, Plan, Session, Settings, Workload
+from squishy.routing import DeficitRoundRobin, pick_by_backlog, split_by_target
+from squishy.scheduler import Allocation, Plan, Session, Settings, Workload, make_plan
 from squishy.scheduler.demand import prefix_demand, scheduled_profile
 from squishy.scheduler.queries import stage_names
 from squishy.scheduler.replan import replan
-from squishy.sim.arrivals import ArrivalSpec, ArrivalStream, RateSchedule
-from squishy.sim.backend import CLASS_BITS, CLASS_MASK, AllocationRuntime, BackendRuntime, ExecModel, InFlight
-from squishy.sim.control import ControlConfig, RateEstimator, ReplanPolicy
+from squishy.scheduler.workload import SessionKey
+from squishy.sim.backend import CLASS_BITS, CLASS_MASK, ExecModel, InFlight, Share, SimBackend, SimNode
+from squishy.sim.cpu import HostPool, SharedCpu
 from squishy.sim.engine import PRIORITY_ARRIVALS, PRIORITY_BACKEND, PRIORITY_CONTROL, PRIORITY_SWITCH, Engine
-from squishy.sim.frontend import DeficitRoundRobin, split_by_target
 from squishy.sim.metrics import Metrics
 from squishy.sim.systems import SYSTEMS, SystemSpec, planning_profiles
 
 # A sampled batch latency is never below this share of its mean (a normal tail must not go negative).
 MIN_LATENCY_SHARE = 0.1
+# Outcomes per request, when a run keeps them (``SimConfig.log_batches``).
+OUTCOME_GOOD, OUTCOME_LATE, OUTCOME_DROPPED = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """One machine whose slots see each other's queues (``squishy serve`` on one box)."""
+
+    slots: int
+    work_stealing: bool = True
+
+
+@dataclass(frozen=True)
+class RequestCosts:
+    """Host CPU milliseconds one request costs outside the device (measured by calibration runs)."""
+
+    frontend_ms: float = 0.0  # at the door: receiving, parsing, validating, routing
+    reply_ms: float = 0.0  # encoding and sending the reply (one machine)
+    generator_send_ms: float = 0.0  # a load generator on the same machine: sending it
+    generator_receive_ms: float = 0.0  # ... and reading the reply
+    slot_ms: float = 0.0  # on the slot's thread, outside the executor: gathering inputs, splitting outputs
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RequestCosts:
+        return cls(**{key: float(value) for key, value in data.items()})
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """The host CPU of every simulated machine (``SimConfig.host`` None: host work is free).
+
+    On a cluster node (one device each) ``cores`` host cores serve each request's frontend handling and
+    pre/post-processing first come, first served; a system that does not overlap pre/post-processing
+    does it in the device's own thread instead (one of the cores). On one CPU machine
+    (``SimConfig.machine``) the slots, the server's event loop and a load generator on the same box share
+    ``cores`` by processor sharing.
+    """
+
+    cores: float
+    costs: RequestCosts = field(default_factory=RequestCosts)  # every model's, unless ``per_model`` says
+    per_model: Mapping[str, RequestCosts] = field(default_factory=dict)
+    requests_per_frame: float = 1.0  # pre/post-processing is per frame: each request carries 1/this of it
+    batch_overhead_ms: float = 0.0  # slot-thread CPU per batch outside the executor (one machine)
+
+    def costs_for(self, model: str) -> RequestCosts:
+        return self.per_model.get(model, self.costs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HostSpec:
+        data = dict(data)
+        costs = {k: data.pop(k) for k in list(data) if k in RequestCosts.__dataclass_fields__}
+        per_model = {m: RequestCosts.from_dict(c) for m, c in dict(data.pop("per_model", {})).items()}
+        return cls(
+            cores=float(data.pop("cores")),
+            costs=RequestCosts.from_dict(costs),
+            per_model=per_model,
+            **{k: float(v) for k, v in data.items()},
+        )
+
+
+@dataclass(frozen=True)
+class RequestTrace:
+    """Explicit requests, replayed as given: send times (ms, ascending), the source each is for (an index
+    into the workload's sessions), and optionally inputs per request and priority levels."""
+
+    send_ms: np.ndarray
+    source: np.ndarray
+    rows: np.ndarray | None = None
+    priority: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -43,16 +126,21 @@ class SimConfig:
     seed: int = 0
     network_ms: float = 1.0  # one way, frontend → backend, and between query stages
     model_load_ms: float = 2000.0  # before a moved session serves on its new backend
-    arrivals: ArrivalSpec = field(default_factory=ArrivalSpec)
+    arrivals: Arrivals = field(default_factory=Arrivals)
     rate_schedule: RateSchedule = field(default_factory=RateSchedule)
     scale: float = 1.0  # every source's rate is multiplied by this
     chunk_ms: float = 500.0  # arrivals are generated and routed this far ahead
-    tick_ms: float = 1000.0  # control-loop and time-series resolution
+    tick_ms: float = 1000.0  # time-series resolution (and the control loop's tick when it has none)
     control: ControlConfig | None = None  # None: the initial plan serves the whole run
+    capacity: int | None = None  # backends the control loop may plan (None: the machine's slots, or any)
+    machine: MachineSpec | None = None  # one machine with this many slots; None: one device per backend
+    trace: RequestTrace | None = None  # replay these requests instead of generating arrivals
+    device_slowdown: float = 1.0  # batches take this multiple of the profiled ℓ(b) on the device
+    host: HostSpec | None = None  # host CPU as a resource (None: free)
     # Stop once more than this share of the run's expected requests is bad: a load search only needs
     # to know that the target is missed, not by how much (None: always run to the end).
     stop_bad_share: float | None = None
-    log_batches: bool = False  # keep every batch and drop in ``Simulation.batch_log`` (tests, small runs)
+    log_batches: bool = False  # keep every batch, drop and per-request outcome (tests, small runs)
 
 
 @dataclass
@@ -68,11 +156,12 @@ class RequestClass:
     query: int = -1  # index into the workload's queries, -1 for a plain session
     stage_name: str = ""
     children: list[tuple[int, float]] = field(default_factory=list)  # (class index, gamma)
-    stage_depth_index: int = 0
+    host_work_ms: float = 0.0  # host CPU a request of this class costs where it enters (see _host_work)
 
 
-class QueryTable:
-    """Per-query state while its stages run: outstanding stage requests, latest reply, failure."""
+class RequestTable:
+    """Per-request state for requests that need it: every query (outstanding stage requests, latest
+    reply, failure) and, on the exact path, every plain request (its send time)."""
 
     def __init__(self) -> None:
         size = 1 << 16
@@ -82,12 +171,25 @@ class QueryTable:
         self.outstanding = np.zeros(size, dtype=np.int64)
         self.last_reply_ms = np.zeros(size)
         self.failed = np.zeros(size, dtype=bool)
+        self.outcome = np.zeros(size, dtype=np.int8)
+        self.origin = np.full(size, -1, dtype=np.int64)  # index in the replayed trace (-1: generated)
+        self.arrival_ms = np.zeros(size)  # when the server stamped it (a machine's CPU modelled)
         self.count = 0
 
     def new(self, source: int, sends_ms: np.ndarray, slo_ms: float) -> np.ndarray:
         count = len(sends_ms)
         while self.count + count > len(self.send_ms):
-            for name in ("send_ms", "slo_ms", "source", "outstanding", "last_reply_ms", "failed"):
+            for name in (
+                "send_ms",
+                "slo_ms",
+                "source",
+                "outstanding",
+                "last_reply_ms",
+                "failed",
+                "outcome",
+                "origin",
+                "arrival_ms",
+            ):
                 old = getattr(self, name)
                 grown = np.zeros(2 * len(old), dtype=old.dtype)
                 grown[: len(old)] = old
@@ -101,23 +203,94 @@ class QueryTable:
         return ids
 
 
+@dataclass
+class _Exact:
+    """Requests on their way to one machine, admitted one by one at their arrival time (ascending)."""
+
+    arrivals: np.ndarray = field(default_factory=lambda: np.empty(0))
+    deadlines: np.ndarray = field(default_factory=lambda: np.empty(0))
+    tags: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    priority: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    head: int = 0
+    scheduled_ms: float = math.inf  # when the cursor event next runs
+
+    def add(
+        self, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray, rows: np.ndarray, pri: np.ndarray
+    ) -> None:
+        head = self.head
+        columns = [
+            np.concatenate((old[head:], new))
+            for old, new in zip(
+                (self.arrivals, self.deadlines, self.tags, self.rows, self.priority),
+                (arrivals, deadlines, tags, rows, pri),
+                strict=True,
+            )
+        ]
+        if len(arrivals) and head < len(self.arrivals) and arrivals[0] < self.arrivals[-1]:
+            order = np.argsort(columns[0], kind="stable")
+            columns = [c[order] for c in columns]
+        self.arrivals, self.deadlines, self.tags, self.rows, self.priority = columns
+        self.head = 0
+
+    def next_ms(self) -> float:
+        return float(self.arrivals[self.head]) if self.head < len(self.arrivals) else math.inf
+
+
+class _SimPlanner:
+    """The control loop's planner in the simulator: rates per source (sessions, then queries)."""
+
+    def __init__(self, simulation: Simulation) -> None:
+        self.simulation = simulation
+
+    def _workload(self, rates: Mapping[Hashable, float]) -> Workload:
+        workload = self.simulation.workload
+        n_sessions = len(workload.sessions)
+        return replace(
+            workload,
+            sessions=tuple(replace(s, rate=float(rates.get(i, 0.0))) for i, s in enumerate(workload.sessions)),
+            queries=tuple(
+                replace(q, rate=float(rates.get(n_sessions + i, 0.0))) for i, q in enumerate(workload.queries)
+            ),
+        )
+
+    def fresh(self, rates: Mapping[Hashable, float]) -> Plan:
+        system = self.simulation.system
+        return make_plan(
+            self._workload(rates),
+            self.simulation.planning,
+            policy=system.policy,
+            prefix_batching=system.prefix_batching,
+            query_analysis=system.query_analysis,
+        )
+
+    def incremental(self, previous: Plan, rates: Mapping[Hashable, float]) -> Plan:
+        if self.simulation.system.policy != "squishy":
+            return self.fresh(rates)
+        return replan(previous, self._workload(rates), self.simulation.planning).plan
+
+
 class Simulation:
     def __init__(
         self,
         workload: Workload,
         profiles: Mapping[str, Profile],
-        plan: Plan,
+        plan: Plan | None,
         system: SystemSpec | str = "squishy",
         config: SimConfig | None = None,
     ) -> None:
+        """``plan`` None: the control loop makes the first plan, from the minimum rates (as the server
+        does at start); it needs ``config.control``."""
         self.system = SYSTEMS[system] if isinstance(system, str) else system
         self.config = config or SimConfig()
         self.workload = workload
         self.profiles = dict(profiles)
+        self.planning = planning_profiles(self.system, self.profiles)
         self.engine = Engine()
         cfg = self.config
         self.end_ms = cfg.duration_s * 1000.0
         self.overlap = self.system.overlap
+        self.exact = cfg.machine is not None
         seed = cfg.seed
         self.latency_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
         self.fanout_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
@@ -126,16 +299,10 @@ class Simulation:
         names = [f"{s.model}@{s.slo_ms:g}ms" for s in workload.sessions] + [f"query:{q.name}" for q in workload.queries]
         base_rates = [s.rate for s in workload.sessions] + [q.rate for q in workload.queries]
         self.base_rates = np.asarray(base_rates, dtype=float)
-        self.streams = [
-            ArrivalStream(
-                rate * cfg.scale,
-                cfg.arrivals,
-                cfg.rate_schedule,
-                np.random.default_rng([seed, 1, index]),
-                trace_time_scale=cfg.scale,
-            )
-            for index, rate in enumerate(base_rates)
-        ]
+        # The load generator's streams for the same seed (``squishy.arrivals``): the same requests.
+        self.streams = source_streams(
+            [rate * cfg.scale for rate in base_rates], cfg.arrivals, seed, cfg.rate_schedule, cfg.scale
+        )
         self.metrics = Metrics(names, cfg.warmup_s * 1000.0, self.end_ms, cfg.tick_ms)
         self.classes: list[RequestClass] = []
         for index, session in enumerate(workload.sessions):
@@ -144,41 +311,62 @@ class Simulation:
         for q_index, query in enumerate(workload.queries):
             source = len(workload.sessions) + q_index
             first = len(self.classes)
-            named = stage_names(query.root)
-            for name, stage, parent, _ in named:
+            for name, stage, parent, _ in stage_names(query.root):
                 cls = self._add_class(stage.model, source, query.slo_ms, query=q_index, stage_name=name)
                 if parent >= 0:
                     self.classes[first + parent].children.append((cls.index, stage.gamma))
             self.root_class.append(first)
         if len(self.classes) > CLASS_MASK:
             raise ValueError(f"too many request classes ({len(self.classes)}) for the tag encoding")
+        self.host = cfg.host
+        if self.host is not None:
+            for cls in self.classes:
+                cls.host_work_ms = self._host_work(cls)
         self.stage_served = np.zeros(len(self.classes), dtype=np.int64)
         self.stage_late = np.zeros(len(self.classes), dtype=np.int64)
         self.stage_dropped = np.zeros(len(self.classes), dtype=np.int64)
-        self.queries = QueryTable()
+        self.requests = RequestTable()
+        self.queries = self.requests  # queries live in the request table
 
-        self.backends: dict[int, BackendRuntime] = {}
-        self.routes: list[tuple[list[AllocationRuntime], DeficitRoundRobin] | None] = []
+        # Devices and routing.
+        self.backends: dict[int, SimBackend] = {}  # slot id → backend
+        self.node: SimNode | None = None  # the one machine (exact path)
+        if cfg.machine is not None:
+            self.node = SimNode([SimBackend(BackendTurn(i)) for i in range(cfg.machine.slots)])
+            self.backends = {b.turn.index: b for b in self.node.backends}
+        self.assignment = Assignment({}, {})
+        self.routes: list[tuple[list[tuple[SimBackend, Slot]], DeficitRoundRobin[int]] | None] = []
         self.stage_deadline_offset_ms = np.zeros(len(self.classes))
-        self.plan = plan
+        self.plan: Plan | None = None
         self.pending_plan: Plan | None = None
-        self.retiring: list[BackendRuntime] = []
-        # (backend id, start ms, finish ms, send times, model) per batch; ("drop", ms, send times) per drop.
-        self.batch_log: list[tuple[Any, ...]] = []
+        self._exact = _Exact()
+        self._installing = False
+        # Host CPU: a pool per cluster node, or one shared CPU for the machine.
+        self.pools: dict[int, HostPool] = {}
+        self._collecting: dict[int, list[tuple[Any, ...]]] | None = None
+        self.cpu: SharedCpu | None = None
+        if self.host is not None and cfg.machine is not None:
+            self.cpu = SharedCpu(self.engine, self.host.cores, PRIORITY_BACKEND)
+            self.slot_threads = [self.cpu.thread(f"slot-{i}") for i in range(cfg.machine.slots)]
+            self.loop_thread = self.cpu.thread("event-loop")
+            models = [self.host.costs, *self.host.per_model.values()]
+            generator = any(c.generator_send_ms + c.generator_receive_ms > 0 for c in models)
+            self.generator_thread = self.cpu.thread("load-generator") if generator else None
+        self._latency_models: dict[SessionKey, LatencyModel] = {}
         self._exec_cache: dict[tuple[Any, ...], ExecModel] = {}
-        self._planning_profiles = planning_profiles(self.system, self.profiles)
         self._scheduled_cache: dict[tuple[Any, ...], Profile] = {}
         self._table_cache: dict[tuple[Any, ...], np.ndarray] = {}
+        # (slot, start ms, finish ms, send times, model) per batch; ("drop", ms, send times) per drop; and
+        # (slot, start ms, request ids) per batch (ids on the exact path, -1 on the bulk path).
+        self.batch_log: list[tuple[Any, ...]] = []
+        self.batch_members: list[tuple[int, float, list[int]]] = []
 
         # Control loop and time series.
-        self.control = cfg.control
-        initial = self.base_rates * cfg.scale * cfg.rate_schedule.factor_at(0.0)
-        self.estimator = RateEstimator(initial, cfg.control.ewma_s if cfg.control else 10.0)
-        self.policy = (
-            ReplanPolicy(cfg.control, initial * (cfg.control.headroom if cfg.control else 1.0)) if cfg.control else None
-        )
-        ticks = math.ceil(self.end_ms / cfg.tick_ms) + 2
-        self._source_series = np.zeros((len(base_rates), ticks), dtype=np.int64)  # sends per source per tick
+        capacity = cfg.capacity if cfg.capacity is not None else (cfg.machine.slots if cfg.machine else None)
+        self.control: ControlLoop | None = None
+        if cfg.control is not None:
+            self.control = ControlLoop(cfg.control, _SimPlanner(self), capacity=capacity)
+        self._initial_plan = plan
         self.replans: list[dict[str, Any]] = []
         self.stopped_early = False
         expected = float(self.base_rates.sum()) * cfg.scale * max(cfg.duration_s - cfg.warmup_s, 0.0)
@@ -203,6 +391,26 @@ class Simulation:
         )
         self.classes.append(cls)
         return cls
+
+    def _host_work(self, cls: RequestClass) -> float:
+        """Host CPU (ms) one request of ``cls`` costs where it enters: the frontend's handling, and, when
+        the system overlaps it, its share of pre/post-processing (per frame: 1/requests_per_frame of it).
+        A query's stages are charged at its root, with each stage's expected count (the product of the
+        fan-outs above it): their crops and post-processing run on the machine that holds the frame."""
+        host = self.host
+        assert host is not None
+        own = host.costs_for(cls.model).frontend_ms
+        if self.overlap:
+            own += (cls.pre_ms + cls.post_ms) / host.requests_per_frame
+        return own + sum(gamma * self._host_work(self.classes[child]) for child, gamma in cls.children)
+
+    def _pool(self, backend_id: int) -> HostPool:
+        pool = self.pools.get(backend_id)
+        if pool is None:
+            assert self.host is not None
+            cores = int(self.host.cores) - (0 if self.overlap else 1)  # no overlap: the device's thread does it
+            pool = self.pools[backend_id] = HostPool(max(cores, 1))
+        return pool
 
     def _exec_model(self, allocation: Allocation) -> ExecModel:
         members = tuple(m.model for m in allocation.members)
@@ -253,6 +461,16 @@ class Simulation:
             self._table_cache[key] = cached
         return cached
 
+    def _latency_model(self, allocation: Allocation, exe: ExecModel) -> LatencyModel:
+        """The session's ℓ model for early drop, shared by all its queues (one observed slowdown)."""
+        table = self._drop_table(allocation, exe)
+        model = self._latency_models.get(allocation.key)
+        if model is None:
+            model = self._latency_models[allocation.key] = LatencyModel(table)
+        elif model.table_ms is not table:
+            model.retable(table)  # a new mix: a new table, the same observed slowdown
+        return model
+
     def _dispatch(self, allocation: Allocation, exe: ExecModel) -> tuple[Dispatch, int]:
         """The dispatch rule for one allocation and the batch size it is planned for."""
         system = self.system
@@ -275,111 +493,124 @@ class Simulation:
             settings = self.workload.settings
             if allocation.members:
                 sessions = [Session(m.model, m.slo_ms, m.rate) for m in allocation.members]
-                cached = prefix_demand(allocation.model, sessions, self._planning_profiles, settings).profile
+                cached = prefix_demand(allocation.model, sessions, self.planning, settings).profile
             else:
-                cached = scheduled_profile(self._planning_profiles[allocation.model], settings)
+                cached = scheduled_profile(self.planning[allocation.model], settings)
             self._scheduled_cache[key] = cached
         return cached
 
-    def _burst_limits(self, backend: Backend) -> list[int]:
-        """Per allocation, the largest batch it may run in one turn: ``squishy.batching.limits.burst_batches``,
-        exactly as the runtime applies it (the plan's batch on backends without a duty cycle)."""
-        allocations = backend.allocations
-        if self.system.dispatch != "squishy":
-            return [a.batch for a in allocations]
-        # burst_batches names allocations by model; two sessions of one model (different SLOs) may share
-        # a backend, so each allocation gets a unique name here.
-        named = replace(backend, allocations=tuple(replace(a, model=str(i)) for i, a in enumerate(allocations)))
+    def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
+        profile = self._scheduled(allocation)
+        return profile.batch_latency_ms(batch) if batch <= profile.max_batch else math.inf
 
-        def latency_ms(name: str, batch: int) -> float:
-            profile = self._scheduled(allocations[int(name)])
-            return profile.batch_latency_ms(batch) if batch <= profile.max_batch else math.inf
+    def _max_batch(self, allocation: Allocation) -> int:
+        return min(self._scheduled(allocation).max_batch, self._exec_model(allocation).max_batch)
 
-        def max_batch(name: str) -> int:
-            allocation = allocations[int(name)]
-            return min(self._scheduled(allocation).max_batch, self._exec_model(allocation).max_batch)
-
-        limits = burst_batches(named, latency_ms, max_batch)
-        return [limits[str(i)] for i in range(len(allocations))]
-
-    def _new_allocation(self, allocation: Allocation) -> AllocationRuntime:
+    def _new_slot(self, share: SessionShare, current: Slot | None) -> Slot:
+        """The turn slot for ``share``; a session that stays on its backend keeps its network buffer."""
+        allocation = share.allocation
         exe = self._exec_model(allocation)
-        dispatch, batch = self._dispatch(allocation, exe)
-        queue = ArraySessionQueue(self._drop_table(allocation, exe), self.system.drop)
-        return AllocationRuntime(allocation.key, batch, allocation.slo_ms, queue, dispatch, exe)
+        dispatch, planned = self._dispatch(allocation, exe)
+        queue = ArraySessionQueue(self._latency_model(allocation, exe), self.system.drop)
+        batch = share.batch if self.system.dispatch == "squishy" else planned
+        payload = current.payload if current is not None else Share(share.key, allocation.slo_ms, exe)
+        payload.exe, payload.slo_ms = exe, allocation.slo_ms
+        return Slot(share.key, queue, batch, dispatch, payload)
 
     # ------------------------------------------------------------------------------- plans
     def _install(self, plan: Plan) -> None:
         """Make ``plan`` the running plan now; queued requests follow their sessions."""
         now = self.engine.now_ms
+        cfg = self.config
         moving: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         # Requests not yet at a backend are routed afresh under the new plan's weights.
         for backend in self.backends.values():
-            for allocation in backend.allocations:
-                arrivals, deadlines, tags = allocation.take_pending_after(now)
+            for slot in backend.turn.slots:
+                arrivals, deadlines, tags = slot.payload.take_pending_after(now)
                 if len(tags):
                     moving.append((arrivals, deadlines, tags))
-        forwarded: list[tuple[np.ndarray, np.ndarray]] = []  # (deadlines, tags) queued on a removed allocation
+        forwarded: list[ArrayItems] = []
+        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-        def evict(allocation: AllocationRuntime) -> None:
-            deadlines, _, tags, _, p_deadlines, p_tags = allocation.drain_all()
+        def evict(slot: Slot) -> None:
+            queued = slot.queue.drain()
+            if len(queued):
+                forwarded.append(queued)
+            arrivals, deadlines, tags = slot.payload.drain_pending()
             if len(tags):
-                forwarded.append((deadlines, tags))
-            if len(p_tags):
-                forwarded.append((p_deadlines, p_tags))
+                pending.append((arrivals, deadlines, tags))
 
-        installed: dict[int, BackendRuntime] = {}
-        for backend in plan.backends:
-            runtime = self.backends.get(backend.backend_id)
-            existing = {a.key: a for a in runtime.allocations} if runtime else {}
-            allocations = []
-            limits = self._burst_limits(backend)
-            for allocation, limit in zip(backend.allocations, limits, strict=True):
-                kept = existing.pop(allocation.key, None)
-                fresh = self._new_allocation(allocation)
-                fresh.batch = limit
-                if kept is not None:
-                    # Same session, same backend: keep its queue and network buffer, take the new sizing.
-                    kept.batch, kept.dispatch, kept.exe = fresh.batch, fresh.dispatch, fresh.exe
-                    kept.queue.latency_table_ms = fresh.queue.latency_table_ms
-                    allocations.append(kept)
-                else:
-                    allocations.append(fresh)
-            for gone in existing.values():
-                evict(gone)
-            if runtime is None:
-                runtime = BackendRuntime(backend.backend_id, backend.duty_cycle_ms, allocations)
-            else:
-                runtime.allocations = allocations
-                runtime.duty_cycle_ms = backend.duty_cycle_ms
-                runtime.round_robin %= max(1, len(allocations))
-            for allocation_runtime in allocations:
-                allocation_runtime.backend = runtime
-            installed[backend.backend_id] = runtime
-        for backend_id, runtime in self.backends.items():
-            if backend_id not in installed:
-                for allocation in runtime.allocations:
-                    evict(allocation)
-                runtime.allocations = []
-                runtime.retired = True
-        self.backends = installed
+        slot_count = cfg.machine.slots if cfg.machine is not None else None
+        assignment = assign(
+            plan,
+            self.assignment.backend_slot,
+            slot_count,
+            self._scheduled_latency,
+            self._max_batch,
+            burst=self.system.dispatch == "squishy",
+        )
+        stealing = cfg.machine is not None and cfg.machine.work_stealing
+        stealable = {share.key for p in assignment.slots.values() for share in p.shares} if stealing else set()
+        if cfg.machine is None:
+            for slot_id in assignment.slots:
+                if slot_id not in self.backends:
+                    backend = SimBackend(BackendTurn(slot_id))
+                    SimNode([backend])
+                    self.backends[slot_id] = backend
+        for slot_id, backend in self.backends.items():
+            slot_plan = assignment.slots.get(slot_id)
+            shares = slot_plan.shares if slot_plan is not None else ()
+            slots = [self._new_slot(share, backend.turn.slot(share.key)) for share in shares]
+            if slot_plan is None and cfg.machine is None:
+                if not backend.retired:
+                    for slot in backend.turn.assign([]):
+                        evict(slot)
+                    backend.retired = True
+                continue
+            budget = (slot_plan.steal_budget_ms if slot_plan is not None else math.inf) if stealing else 0.0
+            fcfs = slot_plan is not None and slot_plan.duty_cycle_ms is None
+            for slot in backend.turn.assign(slots, fcfs=fcfs, steal_budget_ms=budget, stealable=stealable):
+                evict(slot)
+            for slot in backend.turn.slots:
+                slot.payload.backend = backend
+        if cfg.machine is None:
+            self.backends = {k: b for k, b in self.backends.items() if not b.retired}
+        self.assignment = assignment
         self.plan = plan
         self._build_routes(plan)
         for arrivals, deadlines, tags in moving:
             self._route_mixed(arrivals, deadlines, tags)
-        for deadlines, tags in forwarded:
-            self._route_mixed(np.full(len(tags), now + self.config.network_ms), deadlines, tags)
-        for runtime in self.backends.values():
-            if runtime.inflight is None:
-                self._wake(runtime, runtime.next_event_ms(now))
+        for arrivals, deadlines, tags in pending:
+            self._route_mixed(arrivals, deadlines, tags)
+        self._installing = True  # the server re-queues moved requests under its lock, then workers look
+        for items in forwarded:
+            self._forward(items, now + (0.0 if self.exact else cfg.network_ms))
+        self._installing = False
+        if self.node is not None:
+            self._settle(self.node, None)
+        else:
+            for backend in list(self.backends.values()):
+                if backend.inflight is None and backend.node is not None:
+                    self._settle(backend.node, backend)
+
+    def _forward(self, items: ArrayItems, arrival_ms: float) -> None:
+        """Queued requests whose session left their backend go to its new backends."""
+        if self.exact:
+            rows = items.sizes if items.sizes is not None else np.ones(len(items), dtype=np.int64)
+            pri = items.priorities if items.priorities is not None else np.zeros(len(items), dtype=np.int64)
+            for i in range(len(items)):
+                self._admit(
+                    float(items.deadlines_ms[i]),
+                    float(items.arrivals_ms[i]),
+                    int(items.tags[i]),
+                    int(rows[i]),
+                    int(pri[i]),
+                )
+            return
+        self._route_mixed(np.full(len(items), arrival_ms), items.deadlines_ms, items.tags)
 
     def _build_routes(self, plan: Plan) -> None:
-        lookup = {
-            (b.backend_id, a.key): r
-            for b in plan.backends
-            for a, r in zip(b.allocations, self.backends[b.backend_id].allocations, strict=True)
-        }
-        routes: list[tuple[list[AllocationRuntime], DeficitRoundRobin] | None] = []
+        routes: list[tuple[list[tuple[SimBackend, Slot]], DeficitRoundRobin[int]] | None] = []
         for cls in self.classes:
             slo = cls.slo_ms
             if cls.query >= 0:
@@ -391,21 +622,27 @@ class Simulation:
                 self.stage_deadline_offset_ms[cls.index] = (
                     query.slo_ms if not cls.children else self._cumulative_budget(cls, split)
                 )
-            targets = [(lookup[(b.backend_id, a.key)], rate) for b, a, rate in plan.routes(cls.model, slo) if rate > 0]
-            if not targets:
-                routes.append(None)
-                continue
-            routes.append(([t for t, _ in targets], DeficitRoundRobin([r for _, r in targets])))
+            targets = []
+            weights = []
+            for slot_id, key, rate in self.assignment.routes(plan, cls.model, slo):
+                if rate <= 0:
+                    continue
+                backend = self.backends[slot_id]
+                slot = backend.turn.slot(key)
+                assert slot is not None
+                targets.append((backend, slot))
+                weights.append(rate)
+            routes.append((targets, DeficitRoundRobin(list(range(len(targets))), weights)) if targets else None)
         self.routes = routes
-        # Allocations that only ever see one request class skip the per-batch class split.
+        # Shares that only ever see one request class skip the per-batch class split.
         seen: dict[int, set[int]] = {}
         for cls, route in zip(self.classes, routes, strict=True):
-            for target in route[0] if route else []:
-                seen.setdefault(id(target), set()).add(cls.index)
-        for runtime in self.backends.values():
-            for allocation in runtime.allocations:
-                classes = seen.get(id(allocation), set())
-                allocation.single_class = next(iter(classes)) if len(classes) == 1 else -1
+            for _, slot in route[0] if route else []:
+                seen.setdefault(id(slot), set()).add(cls.index)
+        for backend in self.backends.values():
+            for slot in backend.turn.slots:
+                classes = seen.get(id(slot), set())
+                slot.payload.single_class = next(iter(classes)) if len(classes) == 1 else -1
 
     def _cumulative_budget(self, cls: RequestClass, split: Mapping[str, float]) -> float:
         query = self.workload.queries[cls.query]
@@ -421,18 +658,24 @@ class Simulation:
 
     # ------------------------------------------------------------------------------ routing
     def _route(self, cls_index: int, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
+        """Requests of one class on their way: exact (admitted one by one) or bulk (onto the network)."""
+        if self.exact:
+            rows = np.ones(len(tags), dtype=np.int64)
+            self._exact.add(arrivals, deadlines, tags, rows, np.zeros(len(tags), dtype=np.int64))
+            self._schedule_cursor()
+            return
         route = self.routes[cls_index]
         if route is None:  # no backend serves it (a session the plan thinks idle): error replies
             self._dropped(deadlines, tags)
             return
         targets, drr = route
         if len(targets) == 1:
-            self._deliver(targets[0], arrivals, deadlines, tags)
+            self._deliver(targets[0], cls_index, arrivals, deadlines, tags)
             return
         chosen = drr.take(len(tags))
         for target, positions in zip(targets, split_by_target(chosen, len(targets)), strict=True):
             if len(positions):
-                self._deliver(target, arrivals[positions], deadlines[positions], tags[positions])
+                self._deliver(target, cls_index, arrivals[positions], deadlines[positions], tags[positions])
 
     def _route_mixed(self, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
         order = np.argsort(arrivals, kind="stable")
@@ -443,87 +686,224 @@ class Simulation:
             self._route(cls_index, arrivals[mask], deadlines[mask], tags[mask])
 
     def _deliver(
-        self, allocation: AllocationRuntime, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray
+        self,
+        target: tuple[SimBackend, Slot],
+        cls_index: int,
+        arrivals: np.ndarray,
+        deadlines: np.ndarray,
+        tags: np.ndarray,
     ) -> None:
-        allocation.add_pending(arrivals, deadlines, tags)
-        backend = allocation.backend
-        assert backend is not None
-        if backend.inflight is None and arrivals[0] < backend.wake_ms:
-            self._wake(backend, float(arrivals[0]))
+        if self._collecting is not None:  # new requests entering a node: through its host pool first
+            self._collecting.setdefault(target[0].turn.index, []).append((target, cls_index, arrivals, deadlines, tags))
+            return
+        self._enqueue(target, arrivals, deadlines, tags)
 
-    def _wake(self, backend: BackendRuntime, time_ms: float) -> None:
+    def _host_flush(self) -> None:
+        """Serve a chunk's new requests on each node's host cores, in arrival order, then queue them."""
+        collected, self._collecting = self._collecting, None
+        assert collected is not None
+        for backend_id, deliveries in collected.items():
+            arrivals = np.concatenate([d[2] for d in deliveries])
+            work = np.concatenate([np.full(len(d[2]), self.classes[d[1]].host_work_ms) for d in deliveries])
+            ready_after = np.concatenate(
+                [np.full(len(d[2]), self._ready_after(self.classes[d[1]])) for d in deliveries]
+            )
+            which = np.concatenate([np.full(len(d[2]), i) for i, d in enumerate(deliveries)])
+            order = np.argsort(arrivals, kind="stable")
+            starts = np.empty(len(arrivals))
+            starts[order] = self._pool(backend_id).serve(arrivals[order], work[order])
+            ready = starts + ready_after
+            for index, (target, _, _, deadlines, tags) in enumerate(deliveries):
+                mine = which == index
+                self._enqueue(target, ready[mine], deadlines, tags)
+
+    def _ready_after(self, cls: RequestClass) -> float:
+        """From the start of a request's host work to its joining the device queue."""
+        assert self.host is not None
+        return self.host.costs_for(cls.model).frontend_ms + (cls.pre_ms if self.overlap else 0.0)
+
+    def _enqueue(
+        self, target: tuple[SimBackend, Slot], arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray
+    ) -> None:
+        backend, slot = target
+        slot.payload.add_pending(arrivals, deadlines, tags)
+        first = float(arrivals.min())
+        if backend.inflight is None and first < backend.wake_ms:
+            self._wake(backend, first)
+
+    # ------------------------------------------------------------------------- exact arrivals
+    def _schedule_cursor(self) -> None:
+        first = self._exact.next_ms()
+        if first < self._exact.scheduled_ms:
+            self._exact.scheduled_ms = max(first, self.engine.now_ms)
+            self.engine.schedule(self._exact.scheduled_ms, PRIORITY_ARRIVALS, self._cursor, self._exact.scheduled_ms)
+
+    def _cursor(self, scheduled_ms: float) -> None:
+        """Admit arrivals in time order up to (not past) the next other event."""
+        exact = self._exact
+        if scheduled_ms != exact.scheduled_ms:
+            return  # superseded by an earlier cursor
+        exact.scheduled_ms = math.inf
+        engine = self.engine
+        while exact.head < len(exact.arrivals):
+            time_ms = float(exact.arrivals[exact.head])
+            next_time, next_priority = engine.peek()
+            if time_ms > next_time or (time_ms == next_time and next_priority < PRIORITY_ARRIVALS):
+                break
+            head = exact.head
+            exact.head += 1
+            engine.advance(max(time_ms, engine.now_ms))
+            self._admit(
+                float(exact.deadlines[head]),
+                time_ms,
+                int(exact.tags[head]),
+                int(exact.rows[head]),
+                int(exact.priority[head]),
+            )
+        self._schedule_cursor()
+
+    def _admit(self, deadline_ms: float, arrival_ms: float, tag: int, rows: int, priority: int) -> None:
+        """One request at the door of the machine: route it, queue it or refuse it, let idle slots look."""
+        cls_index = tag & CLASS_MASK
+        route = self.routes[cls_index]
+        now = self.engine.now_ms
+        if route is None:
+            self._dropped(np.array([deadline_ms]), np.array([tag], dtype=np.int64))
+            return
+        targets, drr = route
+        index = pick_by_backlog(drr, lambda i: targets[i][0].turn.backlog(targets[i][1].session))
+        backend, slot = targets[index]
+        if not slot.queue.admit(deadline_ms, arrival_ms, tag, now, rows, priority):
+            self._dropped(np.array([deadline_ms]), np.array([tag], dtype=np.int64))
+            return
+        if not self._installing:
+            assert backend.node is not None
+            self._settle(backend.node, backend)
+
+    # ----------------------------------------------------------------------------- backends
+    def _wake(self, backend: SimBackend, time_ms: float) -> None:
         if time_ms == math.inf or backend.retired:
             return
         backend.version += 1
         backend.wake_ms = max(time_ms, self.engine.now_ms)
         self.engine.schedule(backend.wake_ms, PRIORITY_BACKEND, self._backend_event, backend, backend.version)
 
-    # ----------------------------------------------------------------------------- backends
-    def _backend_event(self, backend: BackendRuntime, version: int) -> None:
+    def _backend_event(self, backend: SimBackend, version: int) -> None:
         if version != backend.version:
             return  # superseded by a later wake-up
         backend.wake_ms = math.inf
         inflight = backend.inflight
         if inflight is not None:
             backend.inflight = None
-            self._complete(inflight)
-        if not backend.retired:
-            self._step(backend)
+            self._complete(backend, inflight)
+            backend.turn.busy = False
+        if not backend.retired and backend.node is not None:
+            self._settle(backend.node, backend)
 
-    def _step(self, backend: BackendRuntime) -> None:
+    def _settle(self, node: SimNode, first: SimBackend | None) -> None:
+        """After a change at ``first``: every idle backend of its machine looks at the queues."""
         now = self.engine.now_ms
-        while True:
-            allocation = backend.choose(now)
-            if allocation is None:
-                break
-            limit = allocation.dispatch.batch_limit(allocation.batch)
-            dropped_deadlines, dropped_tags, deadlines, _, tags = allocation.queue.form_batch(now, limit)
-            if len(dropped_tags):
-                self._dropped(dropped_deadlines, dropped_tags)
-            count = len(tags)
-            if count == 0:
-                continue
-            exe = allocation.exe
-            mean = exe.mean_ms(count, tags & CLASS_MASK) if exe.member_slot is not None else float(exe.table_ms[count])
-            std = float(exe.std_table_ms[count])
-            duration = (
-                mean if std == 0.0 else max(mean * MIN_LATENCY_SHARE, mean + std * self.latency_rng.standard_normal())
-            )
-            allocation.dispatch.observe(count, duration, allocation.slo_ms)
-            finish = now + duration
-            backend.inflight = InFlight(allocation, deadlines, tags, now, finish)
+        if not self.exact:
+            node.absorb(now)
+        by_turn = {id(b.turn): b for b in node.backends}
+        for turn in node.machine.settle(now, first.turn if first is not None else None):
+            for _, items in turn.dropped:
+                self._dropped(items.deadlines_ms, items.tags)
+            if turn.slot is not None:
+                self._start(by_turn[id(turn.backend)], turn)
+        for backend in node.backends:
+            if backend.inflight is None and not backend.retired:
+                wake = backend.next_event_ms(now)
+                if wake < backend.wake_ms:
+                    self._wake(backend, wake)
+
+    def _start(self, backend: SimBackend, turn: Turn) -> None:
+        now = self.engine.now_ms
+        slot = turn.slot
+        assert slot is not None
+        batch: ArrayItems = turn.batch
+        share: Share = slot.payload
+        exe = share.exe
+        inputs = batch.inputs
+        classes = batch.tags & CLASS_MASK if exe.member_slot is not None else None
+        mean = exe.mean_ms(inputs, classes) * self.config.device_slowdown
+        std = exe.std_ms(inputs)
+        duration = (
+            mean if std == 0.0 else max(mean * MIN_LATENCY_SHARE, mean + std * self.latency_rng.standard_normal())
+        )
+        if self.cpu is not None:  # CPU work on the slot's thread, stretched when the cores are shared
+            assert self.host is not None
+            slot_ms = self.host.costs_for(str(share.key.model)).slot_ms
+            work = duration + self.host.batch_overhead_ms + slot_ms * len(batch)
+            backend.inflight = InFlight(slot, batch.deadlines_ms, batch.tags, inputs, now, math.nan, math.nan)
+            self.cpu.submit(self.slot_threads[backend.turn.index], work, self._cpu_batch_done, backend)
             if self.config.log_batches:
-                self.batch_log.append(
-                    (backend.backend_id, now, finish, self._send_times(deadlines, tags), allocation.key.model)
-                )
-            backend.busy_ms += duration
-            self._busy_total_ms += duration
-            backend.version += 1
-            backend.wake_ms = finish
-            self.engine.schedule(finish, PRIORITY_BACKEND, self._backend_event, backend, backend.version)
+                self.batch_members.append((backend.turn.index, now, ((batch.tags >> CLASS_BITS) - 1).tolist()))
             return
-        self._wake(backend, backend.next_event_ms(now))
+        finish = now + duration
+        backend.inflight = InFlight(slot, batch.deadlines_ms, batch.tags, inputs, now, duration, finish)
+        if self.config.log_batches:
+            sends = self._send_times(batch.deadlines_ms, batch.tags)
+            self.batch_log.append((backend.turn.index, now, finish, sends, str(share.key.model)))
+            self.batch_members.append((backend.turn.index, now, ((batch.tags >> CLASS_BITS) - 1).tolist()))
+        backend.busy_ms += duration
+        self._busy_total_ms += duration
+        backend.version += 1
+        backend.wake_ms = finish
+        self.engine.schedule(finish, PRIORITY_BACKEND, self._backend_event, backend, backend.version)
+
+    def _cpu_batch_done(self, backend: SimBackend) -> None:
+        inflight = backend.inflight
+        assert inflight is not None
+        now = self.engine.now_ms
+        inflight.finish_ms = now
+        inflight.duration_ms = now - inflight.start_ms  # what the slot's thread measures, stretch included
+        backend.busy_ms += inflight.duration_ms
+        self._busy_total_ms += inflight.duration_ms
+        backend.inflight = None
+        self._complete(backend, inflight)
+        backend.turn.busy = False
+        assert backend.node is not None
+        self._settle(backend.node, backend)
 
     # ------------------------------------------------------------------------------ outcomes
-    def _complete(self, batch: InFlight) -> None:
-        single = batch.allocation.single_class
+    def _complete(self, backend: SimBackend, batch: InFlight) -> None:
+        slot = batch.slot
+        duration = batch.duration_ms
+        slot.queue.latency.observe(batch.inputs, duration)
+        slot.dispatch.observe(batch.inputs, duration, slot.payload.slo_ms)
+        single = slot.payload.single_class
+        tags = batch.batch_tags
         if single >= 0:
-            self._served(single, batch.deadlines, batch.tags, batch.finish_ms)
+            self._served(single, batch.batch_deadlines, tags, batch.finish_ms)
             return
-        tags = batch.tags
         classes = tags & CLASS_MASK
         first = int(classes[0])
         if classes[-1] == first and (len(classes) < 3 or bool((classes == first).all())):
-            self._served(first, batch.deadlines, tags, batch.finish_ms)
+            self._served(first, batch.batch_deadlines, tags, batch.finish_ms)
             return
         for cls_index in np.unique(classes).tolist():
             mask = classes == cls_index
-            self._served(cls_index, batch.deadlines[mask], tags[mask], batch.finish_ms)
+            self._served(cls_index, batch.batch_deadlines[mask], tags[mask], batch.finish_ms)
 
     def _served(self, cls_index: int, deadlines: np.ndarray, tags: np.ndarray, finish_ms: float) -> None:
         cls = self.classes[cls_index]
         reply = finish_ms + (cls.post_ms if self.overlap else 0.0)
         if cls.query < 0:
+            if self.exact:
+                # The server's verdict (finish vs its deadline) for the outcome log; the client's (its own
+                # send to the reply's return) for the figures.
+                ids = (tags >> CLASS_BITS) - 1
+                if self.config.log_batches:
+                    self.requests.outcome[ids] = np.where(deadlines < reply, OUTCOME_LATE, OUTCOME_GOOD)
+                if self.cpu is not None:
+                    self._reply_path(ids, reply)
+                    return
+                sends = self.requests.send_ms[ids]
+                order = np.argsort(sends, kind="stable")
+                latency = reply + self.config.network_ms - sends[order]
+                self.metrics.add_served(cls.source, sends[order], latency, latency > cls.slo_ms)
+                return
             # One session's requests in deadline order: the late ones come first.
             sends = deadlines - cls.slo_ms
             late_count = int(deadlines.searchsorted(reply, side="left"))
@@ -533,7 +913,7 @@ class Simulation:
         self.stage_served[cls_index] += len(tags)
         self.stage_late[cls_index] += int(np.count_nonzero(late))
         qids = (tags >> CLASS_BITS) - 1
-        table = self.queries
+        table = self.requests
         np.maximum.at(table.last_reply_ms, qids, reply)
         spawned = np.zeros(len(qids), dtype=np.int64)
         for child_index, gamma in cls.children:
@@ -549,16 +929,19 @@ class Simulation:
             order = np.argsort(child_deadlines, kind="stable")
             child_tags = ((child_qids[order] + 1) << CLASS_BITS) | child_index
             self._route(child_index, np.full(total, arrival), child_deadlines[order], child_tags)
-        self._settle(qids, spawned - 1)
+        self._settle_queries(qids, spawned - 1)
 
     def _send_times(self, deadlines: np.ndarray, tags: np.ndarray) -> list[float]:
         out = []
         for deadline, tag in zip(deadlines.tolist(), tags.tolist(), strict=True):
             cls = self.classes[tag & CLASS_MASK]
-            out.append(deadline - cls.slo_ms if cls.query < 0 else float(self.queries.send_ms[(tag >> CLASS_BITS) - 1]))
+            request = (tag >> CLASS_BITS) - 1
+            out.append(deadline - cls.slo_ms if request < 0 else float(self.requests.send_ms[request]))
         return out
 
     def _dropped(self, deadlines: np.ndarray, tags: np.ndarray) -> None:
+        if len(tags) == 0:
+            return
         if self.config.log_batches:
             self.batch_log.append(("drop", self.engine.now_ms, self._send_times(deadlines, tags)))
         classes = tags & CLASS_MASK
@@ -566,16 +949,26 @@ class Simulation:
             mask = classes == cls_index if len(classes) > 1 else slice(None)
             cls = self.classes[cls_index]
             if cls.query < 0:
-                self.metrics.add_dropped(cls.source, deadlines[mask] - cls.slo_ms)
+                if self.exact:
+                    ids = (tags[mask] >> CLASS_BITS) - 1
+                    if self.config.log_batches:
+                        self.requests.outcome[ids] = OUTCOME_DROPPED
+                    if self.cpu is not None:
+                        self.requests.failed[ids] = True
+                        self._reply_path(ids, self.engine.now_ms)
+                        continue
+                    self.metrics.add_dropped(cls.source, np.sort(self.requests.send_ms[ids]))
+                else:
+                    self.metrics.add_dropped(cls.source, deadlines[mask] - cls.slo_ms)
                 continue
             qids = (tags[mask] >> CLASS_BITS) - 1
             self.stage_dropped[cls_index] += len(qids)
-            self.queries.failed[qids] = True
-            self._settle(qids, np.full(len(qids), -1, dtype=np.int64))
+            self.requests.failed[qids] = True
+            self._settle_queries(qids, np.full(len(qids), -1, dtype=np.int64))
 
-    def _settle(self, qids: np.ndarray, change: np.ndarray) -> None:
+    def _settle_queries(self, qids: np.ndarray, change: np.ndarray) -> None:
         """Apply each stage request's change to its query's outstanding count; finish queries at zero."""
-        table = self.queries
+        table = self.requests
         np.add.at(table.outstanding, qids, change)
         done = qids[table.outstanding[qids] == 0]
         if len(done) == 0:
@@ -598,91 +991,227 @@ class Simulation:
     # ------------------------------------------------------------------------------ arrivals
     def _arrivals(self, start_ms: float) -> None:
         end = min(start_ms + self.config.chunk_ms, self.end_ms)
-        network = self.config.network_ms
-        n_sessions = len(self.workload.sessions)
+        self._begin_chunk()
         for source, stream in enumerate(self.streams):
-            sends = stream.until(end)
-            if len(sends) == 0:
-                continue
-            self.metrics.add_sent(source, sends)
-            ticks = (sends // self.config.tick_ms).astype(np.int64)
-            first_tick = int(ticks[0])
-            counted = np.bincount(ticks - first_tick)
-            self._source_series[source, first_tick : first_tick + len(counted)] += counted
-            if source < n_sessions:
-                cls = self.classes[source]
-                arrivals = sends + (network + (cls.pre_ms if self.overlap else 0.0))
-                tags = np.full(len(sends), source, dtype=np.int64)
-                self._route(source, arrivals, sends + cls.slo_ms, tags)
-            else:
-                q_index = source - n_sessions
-                query = self.workload.queries[q_index]
-                qids = self.queries.new(source, sends, query.slo_ms)
-                root = self.classes[self.root_class[q_index]]
-                arrivals = sends + (network + (root.pre_ms if self.overlap else 0.0))
-                tags = ((qids + 1) << CLASS_BITS) | root.index
-                self._route(root.index, arrivals, sends + self.stage_deadline_offset_ms[root.index], tags)
+            self._send(source, stream.until(end), None, None)
+        self._end_chunk()
         if end < self.end_ms:
             self.engine.schedule(end, PRIORITY_ARRIVALS, self._arrivals, end)
 
+    def _replay(self, start_ms: float) -> None:
+        """The next chunk of an explicit trace."""
+        trace = self.config.trace
+        assert trace is not None
+        end = min(start_ms + self.config.chunk_ms, self.end_ms)
+        first, stop = np.searchsorted(trace.send_ms, [start_ms, end], side="left").tolist()
+        self._begin_chunk()
+        if stop > first:
+            sources = trace.source[first:stop]
+            for source in np.unique(sources).tolist():
+                picked = np.flatnonzero(sources == source) + first
+                rows = trace.rows[picked] if trace.rows is not None else None
+                priority = trace.priority[picked] if trace.priority is not None else None
+                self._send(int(source), trace.send_ms[picked], rows, priority, picked)
+        self._end_chunk()
+        if end < self.end_ms:
+            self.engine.schedule(end, PRIORITY_ARRIVALS, self._replay, end)
+
+    def _begin_chunk(self) -> None:
+        if self.host is not None and not self.exact:
+            self._collecting = {}
+        self._door: list[tuple[np.ndarray, ...]] = []
+
+    def _end_chunk(self) -> None:
+        if self._collecting is not None:
+            self._host_flush()
+        if self._door:  # the generator sends in time order, whichever model a request is for
+            sends, tags, rows, priority = (np.concatenate(column) for column in zip(*self._door, strict=True))
+            self._door = []
+            for index in np.argsort(sends, kind="stable").tolist():
+                self._to_door(float(sends[index]), int(tags[index]), int(rows[index]), int(priority[index]))
+
+    def _send(
+        self,
+        source: int,
+        sends: np.ndarray,
+        rows: np.ndarray | None,
+        priority: np.ndarray | None,
+        origin: np.ndarray | None = None,
+    ) -> None:
+        """New requests from a source: recorded as sent, counted for the control loop, on their way."""
+        if len(sends) == 0:
+            return
+        self.metrics.add_sent(source, sends)
+        network = self.config.network_ms
+        n_sessions = len(self.workload.sessions)
+        if source >= n_sessions:
+            q_index = source - n_sessions
+            query = self.workload.queries[q_index]
+            qids = self.requests.new(source, sends, query.slo_ms)
+            root = self.classes[self.root_class[q_index]]
+            arrivals = sends + (network + self._pre_on_arrival(root))
+            if self.control is not None:
+                self.control.record_times(source, arrivals / 1000.0)
+            tags = ((qids + 1) << CLASS_BITS) | root.index
+            self._route(root.index, arrivals, sends + self.stage_deadline_offset_ms[root.index], tags)
+            return
+        cls = self.classes[source]
+        count = len(sends)
+        if not self.exact:
+            arrivals = sends + (network + self._pre_on_arrival(cls))
+            if self.control is not None:
+                self.control.record_times(source, arrivals / 1000.0)
+            self._route(source, arrivals, sends + cls.slo_ms, np.full(count, source, dtype=np.int64))
+            return
+        ids = self.requests.new(source, sends, cls.slo_ms)
+        if origin is not None:
+            self.requests.origin[ids] = origin
+        tags = ((ids + 1) << CLASS_BITS) | source
+        rows = rows if rows is not None else np.ones(count, dtype=np.int64)
+        priority = priority if priority is not None else np.zeros(count, dtype=np.int64)
+        if self.cpu is not None:  # through the load generator and the event loop, on the machine's cores
+            self._door.append((sends, tags, rows, priority))
+            return
+        arrivals = sends + (network + self._pre_on_arrival(cls))
+        if self.control is not None:
+            self.control.record_times(source, arrivals / 1000.0)
+        self._exact.add(arrivals, arrivals + cls.slo_ms, tags, rows, priority)
+        self._schedule_cursor()
+
+    def _pre_on_arrival(self, cls: RequestClass) -> float:
+        """Delay before a new request joins a device queue when the host is not modelled: its
+        pre-processing, when the system overlaps it (with a host model, the pool adds it)."""
+        if self.host is not None or not self.overlap:
+            return 0.0
+        return cls.pre_ms
+
+    # ------------------------------------------------------------------- one machine's CPU (twin)
+    def _to_door(self, send_ms: float, tag: int, rows: int, priority: int) -> None:
+        """A request leaves the load generator (its CPU) and is handled by the server's event loop."""
+        assert self.cpu is not None and self.host is not None
+        arrive = send_ms
+        if self.generator_thread is not None:
+            self.cpu.submit(
+                self.generator_thread,
+                self.host.costs_for(self.classes[tag & CLASS_MASK].model).generator_send_ms,
+                self._at_door,
+                tag,
+                rows,
+                priority,
+                release_ms=send_ms,
+            )
+            return
+        del arrive
+        self.engine.schedule(max(send_ms, self.engine.now_ms), PRIORITY_ARRIVALS, self._at_door, tag, rows, priority)
+
+    def _at_door(self, tag: int, rows: int, priority: int) -> None:
+        assert self.cpu is not None and self.host is not None
+        self.cpu.submit(
+            self.loop_thread,
+            self.host.costs_for(self.classes[tag & CLASS_MASK].model).frontend_ms,
+            self._handled,
+            tag,
+            rows,
+            priority,
+            release_ms=self.engine.now_ms + self.config.network_ms,
+            on_start=self._stamp,
+        )
+
+    def _stamp(self, tag: int, rows: int, priority: int) -> None:
+        """The server's handler starts: the arrival time its deadline counts from."""
+        request = (tag >> CLASS_BITS) - 1
+        self.requests.arrival_ms[request] = self.engine.now_ms
+        if self.control is not None:
+            self.control.record(tag & CLASS_MASK, self.engine.now_ms / 1000.0)
+
+    def _handled(self, tag: int, rows: int, priority: int) -> None:
+        request = (tag >> CLASS_BITS) - 1
+        stamp = float(self.requests.arrival_ms[request])
+        cls = self.classes[tag & CLASS_MASK]
+        self._admit(stamp + cls.slo_ms, stamp, tag, rows, priority)
+
+    def _reply_path(self, ids: np.ndarray, server_done_ms: float) -> None:
+        """Replies go back through the event loop and the load generator; the client's clock decides."""
+        assert self.cpu is not None and self.host is not None
+        for request in ids.tolist():
+            model = self.classes[int(self.requests.source[request])].model
+            self.cpu.submit(self.loop_thread, self.host.costs_for(model).reply_ms, self._replied, request)
+
+    def _replied(self, request: int) -> None:
+        assert self.cpu is not None and self.host is not None
+        if self.generator_thread is not None:
+            model = self.classes[int(self.requests.source[request])].model
+            receive = self.host.costs_for(model).generator_receive_ms
+            self.cpu.submit(self.generator_thread, receive, self._received, request)
+        else:
+            self._received(request)
+
+    def _received(self, request: int) -> None:
+        source = int(self.requests.source[request])
+        send = float(self.requests.send_ms[request])
+        latency = self.engine.now_ms + self.config.network_ms - send
+        sends = np.array([send])
+        if self.requests.failed[request]:
+            self.metrics.add_dropped(source, sends)
+        else:
+            self.metrics.add_served(
+                source, sends, np.array([latency]), np.array([latency > self.requests.slo_ms[request]])
+            )
+
     # ------------------------------------------------------------------------------- control
     def _tick(self, time_ms: float) -> None:
-        tick_s = self.config.tick_ms / 1000.0
-        in_use = {b.backend_id for b in self.plan.backends}
+        in_use = set(self.assignment.slots)
         if self.pending_plan is not None:
             in_use |= {b.backend_id for b in self.pending_plan.backends}
         self.backend_series.append(len(in_use))
         busy = self._busy_total_ms - self._busy_at_tick_ms
         self._busy_at_tick_ms = self._busy_total_ms
-        self.utilization_series.append(round(busy / (len(in_use) * self.config.tick_ms), 6) if in_use else 0.0)
-        # Arrivals are generated a chunk ahead; the tick that just ended is complete.
-        counts = self._source_series[:, round(time_ms / self.config.tick_ms) - 1]
-        self.estimator.update(counts, tick_s)
+        width = self.config.tick_ms
+        self.utilization_series.append(round(busy / (len(in_use) * width), 6) if in_use else 0.0)
         if self._bad_limit is not None:
             bad = int(self.metrics.late.sum() + self.metrics.dropped.sum())
             if bad > self._bad_limit:
                 self.stopped_early = True
                 self.engine.stop()
                 return
-        if self.policy is not None and self.pending_plan is None:
-            reason = self.policy.due(time_ms / 1000.0, self.estimator.rates)
-            if reason is not None:
-                self._replan(reason)
-        if time_ms + self.config.tick_ms <= self.end_ms:
-            self.engine.schedule(
-                time_ms + self.config.tick_ms, PRIORITY_CONTROL, self._tick, time_ms + self.config.tick_ms
-            )
+        if time_ms + width <= self.end_ms:
+            self.engine.schedule(time_ms + width, PRIORITY_CONTROL, self._tick, time_ms + width)
 
-    def _replan(self, reason: str) -> None:
-        assert self.control is not None and self.policy is not None
+    def _control(self, time_ms: float) -> None:
+        control = self.control
+        assert control is not None and self.config.control is not None
+        if self.pending_plan is None:
+            request = control.decide(time_ms / 1000.0, range(len(self.base_rates)))
+            if request is not None:
+                decision = control.plan_for(request)
+                if control.worth_installing(decision):
+                    self._replan(decision)
+                else:
+                    control.skip(decision)
+        step = self.config.control.tick_s * 1000.0
+        if time_ms + step <= self.end_ms:
+            self.engine.schedule(time_ms + step, PRIORITY_CONTROL, self._control, time_ms + step)
+
+    def _replan(self, decision: PlanDecision) -> None:
+        assert self.control is not None and self.plan is not None
         now = self.engine.now_ms
-        rates = self.estimator.rates * self.control.headroom
-        n_sessions = len(self.workload.sessions)
-        workload = replace(
-            self.workload,
-            sessions=tuple(
-                replace(s, rate=float(r)) for s, r in zip(self.workload.sessions, rates[:n_sessions], strict=True)
-            ),
-            queries=tuple(
-                replace(q, rate=float(r)) for q, r in zip(self.workload.queries, rates[n_sessions:], strict=True)
-            ),
-        )
-        result = replan(self.plan, workload, self.profiles)
-        self.policy.replanned(now / 1000.0, rates)
-        delay = self.config.model_load_ms if (result.moved or result.added) else 0.0
+        moved, added, released = plan_changes(self.plan, decision.plan)
+        self.control.installed(decision)
+        delay = self.config.model_load_ms if (moved or added) else 0.0
         self.replans.append(
             {
                 "time_s": round(now / 1000.0, 3),
-                "reason": reason,
-                "backends": result.plan.num_backends,
-                "moved": len(result.moved),
-                "added": len(result.added),
-                "released": len(result.released),
-                "lower_bound": round(result.plan.lower_bound, 3),
+                "reason": str(decision.request.reason),
+                "backends": decision.plan.num_backends,
+                "headroom": round(decision.headroom, 4),
+                "moved": moved,
+                "added": added,
+                "released": released,
+                "lower_bound": round(decision.plan.lower_bound, 3),
             }
         )
-        self.pending_plan = result.plan
-        self.engine.schedule(now + delay, PRIORITY_SWITCH, self._switch, result.plan)
+        self.pending_plan = decision.plan
+        self.engine.schedule(now + delay, PRIORITY_SWITCH, self._switch, decision.plan)
 
     def _switch(self, plan: Plan) -> None:
         self.pending_plan = None
@@ -690,9 +1219,30 @@ class Simulation:
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> SimResult:
-        self._install(self.plan)
-        self.engine.schedule(0.0, PRIORITY_ARRIVALS, self._arrivals, 0.0)
+        plan = self._initial_plan
+        if self.control is not None:
+            if plan is None:
+                request = self.control.request(0.0, range(len(self.base_rates)), "start")
+                decision = self.control.plan_for(request)
+                self.control.installed(decision)
+                plan = decision.plan
+            else:
+                initial = self.base_rates * self.config.scale * self.config.rate_schedule.factor_at(0.0)
+                rates = {i: float(r) for i, r in enumerate(initial)}
+                self.control.estimator.seed(rates)
+                headroom = self.config.control.max_headroom if self.config.control else 1.0
+                self.control.installed(PlanDecision(_start_request(rates), plan, headroom, True))
+        if plan is None:
+            raise ValueError("a simulation without a control loop needs a plan")
+        self._install(plan)
+        if self.config.trace is not None:
+            self.engine.schedule(0.0, PRIORITY_ARRIVALS, self._replay, 0.0)
+        else:
+            self.engine.schedule(0.0, PRIORITY_ARRIVALS, self._arrivals, 0.0)
         self.engine.schedule(self.config.tick_ms, PRIORITY_CONTROL, self._tick, self.config.tick_ms)
+        if self.control is not None and self.config.control is not None:
+            step = self.config.control.tick_s * 1000.0
+            self.engine.schedule(step, PRIORITY_CONTROL, self._control, step)
         self.engine.run()
         return self.result()
 
@@ -708,6 +1258,7 @@ class Simulation:
                     "dropped": int(self.stage_dropped[cls.index]),
                 }
         offered = float(self.base_rates.sum() * self.config.scale)
+        first_plan = self._initial_plan
         summary = {
             "system": self.system.name,
             "scale": self.config.scale,
@@ -715,12 +1266,25 @@ class Simulation:
             "overall": overall,
             "sessions": metrics.per_source(),
             "query_stages": stages,
-            "backends_initial": self.plan.num_backends if not self.replans else None,
+            "backends_initial": first_plan.num_backends if first_plan is not None and not self.replans else None,
             "requests_resolved": metrics.served_total,
             "stopped_early": self.stopped_early,
             "events": self.engine.events_run,
         }
         return SimResult(summary=summary, metrics=self)
+
+
+def _start_request(rates: dict[Hashable, float]) -> PlanRequest:
+    return PlanRequest("start", 0.0, rates)
+
+
+def plan_changes(old: Plan, new: Plan) -> tuple[int, int, int]:
+    """(sessions placed on a backend they were not on, backends added, backends released)."""
+    before = {(b.backend_id, a.key) for b in old.backends for a in b.allocations}
+    after = {(b.backend_id, a.key) for b in new.backends for a in b.allocations}
+    old_ids = {b.backend_id for b in old.backends}
+    new_ids = {b.backend_id for b in new.backends}
+    return len(after - before), len(new_ids - old_ids), len(old_ids - new_ids)
 
 
 @dataclass

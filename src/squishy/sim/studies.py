@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from squishy.arrivals import Arrivals, RateSchedule
+from squishy.control import ControlConfig
 from squishy.errors import WorkloadError
 from squishy.profiles import Profile
 from squishy.scheduler import Session, Settings, Workload, make_plan
-from squishy.sim.arrivals import ArrivalSpec, RateSchedule
-from squishy.sim.control import ControlConfig
 from squishy.sim.scenario import Scenario, load_scenario
 from squishy.sim.search import GOOD_TARGET, ProbeSpec, max_good_scale, parallel_map, probe
 from squishy.sim.simulation import SimConfig, Simulation
@@ -45,7 +45,7 @@ def sim_config(scenario: Scenario, options: StudyOptions, **overrides: Any) -> S
         seed=int(options.seed if options.seed is not None else sim.get("seed", 0)),
         network_ms=float(sim.get("network_ms", 1.0)),
         model_load_ms=float(sim.get("model_load_ms", 2000.0)),
-        arrivals=ArrivalSpec.parse(sim.get("arrivals", "poisson"), scenario.path.parent),
+        arrivals=Arrivals.parse(sim.get("arrivals", "poisson"), scenario.path.parent),
         rate_schedule=RateSchedule.parse(sim.get("rate_schedule")),
     )
     if options.quick:
@@ -106,7 +106,7 @@ def drop_policy(scenario: Scenario, options: StudyOptions, progress: Progress) -
         profiles = {"model": profile}
         for kind in arrivals:
             for system in ("squishy", "no-early-drop"):
-                run_config = replace(config, scale=load, arrivals=ArrivalSpec.parse(kind), network_ms=0.0)
+                run_config = replace(config, scale=load, arrivals=Arrivals.parse(kind), network_ms=0.0)
                 spec = ProbeSpec(workload, profiles, system, run_config, 1, early_stop=False)
                 jobs.append((_probe_job, spec, load))
                 cases.append({"alpha_ms": alpha, "beta_ms": round(beta, 6), "arrivals": kind, "system": system})
@@ -250,7 +250,7 @@ def large(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict
         starts = (0.0, min(config.rate_schedule.starts_s[1] if len(factors) > 1 else 2.0, 2.0))[: len(factors)]
         config = replace(config, duration_s=4.0, rate_schedule=RateSchedule(starts, factors))
     workload = scenario.workload
-    initial_rates = workload.scaled(config.scale * config.rate_schedule.factor_at(0.0) * control.headroom)
+    initial_rates = workload.scaled(config.scale * config.rate_schedule.factor_at(0.0) * control.max_headroom)
     plan = make_plan(initial_rates, scenario.profiles)
     simulation = Simulation(workload, scenario.profiles, plan, "squishy", config)
     ticker = _TickProgress(simulation, progress)
@@ -353,13 +353,18 @@ def _recovery(
 # ----------------------------------------------------------------------------------------- bursty
 def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict[str, Any]:
     """Gamma arrivals with CV 2 and 4 against Poisson, on the apps' clusters:
+    - squishy's and the baselines' throughput at 99% good under each CV (same cluster, squishy's plans
+      sized for the mean), with each search's pass/fail curve over the offered rate: under bursts
+      passing need not be monotone in the load;
+    - the same curve for squishy with plans for ``plan_headroom`` × the offered load (same cluster);
     - the good rate at squishy's Poisson 99%-good load with the plan sized for the mean (Nexus's rule);
-    - squishy's throughput at 99% good under each CV (same cluster, plans sized for the mean);
     - the headroom h that restores 99% good at the Poisson load: plan for h × the mean (more backends).
     """
     sim = scenario.simulation
     apps = [str(a) for a in sim.get("apps", ["game", "traffic"])]
     cvs = [float(c) for c in sim.get("cvs", [2.0, 4.0])]
+    baselines = [str(s) for s in sim.get("baselines", ["clipper", "tf-serving"])]
+    plan_headroom = float(sim.get("plan_headroom", 1.5))
     if options.quick:
         apps, cvs = apps[:1], cvs[:1]
     loaded = [load_scenario(app) for app in apps]
@@ -369,19 +374,23 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
         cluster = int(app.simulation.get("cluster_backends", 16))
         start = cluster_scale(app.workload, app.profiles, cluster)
         for cv in [1.0, *cvs]:
-            arrivals = ArrivalSpec("poisson") if cv == 1.0 else ArrivalSpec("gamma", cv=cv)
+            arrivals = Arrivals.poisson() if cv == 1.0 else Arrivals.gamma(cv)
             config = sim_config(app, options, arrivals=arrivals)
-            for system in ("squishy", *[str(s) for s in sim.get("baselines", ["clipper", "tf-serving"])]):
+            for system in ("squishy", *baselines):
                 spec = ProbeSpec(app.workload, app.profiles, system, config, cluster)
                 jobs.append((_search_job, spec, initial_scale(system, start)))
                 keys.append((app.name, cv, system))
+            if cv != 1.0:
+                spec = ProbeSpec(app.workload, app.profiles, "squishy", config, cluster, plan_headroom=plan_headroom)
+                jobs.append((_search_job, spec, initial_scale("squishy", start) / plan_headroom))
+                keys.append((app.name, cv, "squishy-headroom"))
     searches = dict(zip(keys, _run_jobs(jobs, options, progress), strict=True))
     # Second pass: at each app's Poisson 99% load, plans for the mean under bursts, and the headroom.
     jobs, keys2 = [], []
     for app in loaded:
         poisson_scale = searches[(app.name, 1.0, "squishy")]["scale"]
         for cv in cvs:
-            config = sim_config(app, options, arrivals=ArrivalSpec("gamma", cv=cv))
+            config = sim_config(app, options, arrivals=Arrivals.gamma(cv))
             spec = ProbeSpec(app.workload, app.profiles, "squishy", config, None, early_stop=False)
             jobs.append((_probe_job, spec, poisson_scale))
             keys2.append((app.name, cv, "mean"))
@@ -391,14 +400,21 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
     out: dict[str, Any] = {}
     for app in loaded:
         rows = []
+        curves: dict[str, dict[str, Any]] = {}
         poisson = searches[(app.name, 1.0, "squishy")]
         for cv in [1.0, *cvs]:
             row: dict[str, Any] = {"cv": cv}
-            for system in ("squishy", *[str(s) for s in sim.get("baselines", ["clipper", "tf-serving"])]):
+            curve = curves[f"cv{cv:g}"] = {"plan_for_mean": searches[(app.name, cv, "squishy")]["curve"]}
+            for system in ("squishy", *baselines):
                 row[f"{system}_throughput"] = searches[(app.name, cv, system)]["throughput"]
+                if system != "squishy":
+                    curve[system] = searches[(app.name, cv, system)]["curve"]
             if cv != 1.0:
+                with_headroom = searches[(app.name, cv, "squishy-headroom")]
+                curve["plan_with_headroom"] = with_headroom["curve"]
                 at_mean = second[(app.name, cv, "mean")]
                 headroom = second[(app.name, cv, "headroom")]
+                row["throughput_plan_with_headroom"] = with_headroom["throughput"]
                 row["good_rate_plan_for_mean"] = at_mean["good_rate"]
                 row["goodput_plan_for_mean"] = round(at_mean["offered_rate"] * at_mean["good_rate"], 3)
                 row["headroom"] = headroom["headroom"]
@@ -411,9 +427,18 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
         out[app.name] = {
             "poisson_99_scale": poisson["scale"],
             "poisson_99_rate": poisson["throughput"],
+            "plan_headroom": plan_headroom,
             "rows": rows,
+            # Per arrival process: each search's pass/fail curve over the offered rate (every probe:
+            # rate, seed, passed, good rate), for squishy's plans for the mean and with headroom, and
+            # for the baselines.
+            "curves": curves,
         }
-    return {"study": "bursty", "apps": out, "searches": {f"{k[0]}/cv{k[1]:g}/{k[2]}": v for k, v in searches.items()}}
+    return {
+        "study": "bursty",
+        "apps": out,
+        "searches": {f"{k[0]}/cv{k[1]:g}/{k[2]}": v for k, v in searches.items()},
+    }
 
 
 def _headroom_job(spec: ProbeSpec, scale: float) -> dict[str, Any]:
@@ -491,7 +516,7 @@ def study_size(scenario: Scenario, options: StudyOptions) -> int:
     if kind == "bursty":
         apps = 1 if options.quick else len(sim.get("apps", [1, 2]))
         cvs = 1 if options.quick else len(sim.get("cvs", [2, 4]))
-        return apps * ((cvs + 1) * (1 + len(sim.get("baselines", [1, 2]))) + 2 * cvs)
+        return apps * ((cvs + 1) * (1 + len(sim.get("baselines", [1, 2]))) + 3 * cvs)
     return 1
 
 

@@ -20,16 +20,14 @@ A system that does not overlap pre/post-processing plans with the device time it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from squishy.batching.queue import DropPolicy
-from squishy.errors import SquishyError
+from squishy.control.fitting import DoesNotFit as DoesNotFit  # re-exported: searches catch it
+from squishy.control.fitting import largest_fitting
 from squishy.profiles import Profile
 from squishy.scheduler import Plan, Workload, make_plan
-
-# Bisection steps when scaling the batch-oblivious shares to fill the cluster.
-FILL_STEPS = 40
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,8 @@ def planning_profiles(system: SystemSpec, profiles: Mapping[str, Profile]) -> di
     return {model: device_profile(p) for model, p in profiles.items()}
 
 
-class DoesNotFit(SquishyError):
-    """The system's plan for this load needs more backends than the cluster has."""
+# The fill of a fixed cluster is searched to this relative precision.
+FILL_TOLERANCE = 1e-4
 
 
 def plan_for(
@@ -106,7 +104,9 @@ def plan_for(
     A squishy plan uses as few backends as the load needs. When the load needs more than the cluster has,
     every system plans for the largest share of it that fits (the same rates scaled down, so routing
     weights keep their proportions) and the full load then arrives at those backends: what a deployed
-    system on a fixed cluster does. The batch-oblivious allocation always spreads over the whole cluster.
+    system on a fixed cluster does (``squishy.control.fitting``, the search the server uses too). The
+    batch-oblivious allocation always spreads over the whole cluster. Raises ``DoesNotFit`` when no share
+    of the load fits.
     """
     planning = planning_profiles(system, profiles)
     if system.policy == "squishy":
@@ -123,30 +123,11 @@ def plan_for(
         plan = make(1.0)
         if cluster_backends is None or plan.num_backends <= cluster_backends:
             return plan
-        return _largest_fitting(make, cluster_backends, upper=1.0)
+        return largest_fitting(make, cluster_backends, start=1.0, upper=1.0, relative_tolerance=FILL_TOLERANCE)[1]
 
     def oblivious(factor: float) -> Plan:
         return make_plan(workload.scaled(factor), planning, policy="batch-oblivious")
 
     if cluster_backends is None:
         return oblivious(1.0)
-    return _largest_fitting(oblivious, cluster_backends, upper=None)
-
-
-def _largest_fitting(make: Callable[[float], Plan], cluster_backends: int, upper: float | None) -> Plan:
-    """The plan for the largest load factor (≤ ``upper``, unbounded if None) whose plan fits the cluster."""
-    low, high = 0.0, upper
-    best: Plan | None = None
-    factor = 1.0 if upper is None else upper / 2.0
-    for _ in range(FILL_STEPS):
-        trial = make(factor)
-        if trial.num_backends <= cluster_backends:
-            low, best = factor, trial
-        else:
-            high = factor
-        factor = factor * 2.0 if high is None else (low + high) / 2.0
-        if high is not None and high - low < 1e-4 * high:
-            break
-    if best is None:
-        raise DoesNotFit(f"no share of the load fits {cluster_backends} backends")
-    return best
+    return largest_fitting(oblivious, cluster_backends, start=1.0, upper=None, relative_tolerance=FILL_TOLERANCE)[1]

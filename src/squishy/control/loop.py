@@ -1,0 +1,204 @@
+"""The control loop: measured rates → re-plan decisions → a plan that fits the capacity.
+
+The server and the simulator both drive it, under their own clocks: they ``record`` arrivals as they
+come (or in bulk), call ``decide(now_s)`` every tick, and when a re-plan is due, ``plan(request)``
+(the fitting search; the server runs it off its event loop) and ``installed(...)`` once the plan runs.
+
+Sizing: the plan is made for the largest multiple of the measured rates, up to ``max_headroom``, that
+fits ``capacity`` backends (``squishy.control.fitting``): spare slots absorb bursts. When even the
+measured load does not fit, the plan is for the share that does, and early drop sheds the rest.
+
+Stability: a re-plan is due every epoch, or early when a session's rate leaves [low, high] × its
+planned rate (at most once per ``min_interval_s``). The rate estimator jumps on a level shift, so a
+step in load is re-planned for once, not once per 10% of an EWMA's lag. An epoch re-plan whose plan
+has the running plan's layout and nearly its rates is not installed: nothing would change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from squishy.control.epochs import EpochPolicy, ReplanReason
+from squishy.control.fitting import DoesNotFit, largest_fitting
+from squishy.control.rates import RateEstimator
+from squishy.scheduler import Plan
+
+# An epoch re-plan is skipped when the new plan has the same layout and every allocation's rate is
+# within this share of the running plan's.
+SAME_RATE_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    tick_s: float = 1.0  # how often the loop looks at the rates
+    epoch_s: float = 30.0  # re-plan at least this often (Nexus: 30 s on a cluster)
+    min_interval_s: float = 10.0  # early re-plans at most this often
+    band: tuple[float, float] = (0.8, 1.1)  # re-plan early when measured / planned leaves this band
+    ewma_s: float = 10.0  # time constant of the rate estimate
+    window_s: float = 1.0  # rates are counted over windows this long
+    shift_windows: int = 2  # consecutive windows outside the band that make a level shift (0: never)
+    max_headroom: float = 1.0  # plan for up to this multiple of the measured load when it fits
+    min_rate_per_s: float = 0.0  # every session is planned for at least this rate
+    fit_tolerance: float = 0.02  # precision of the fitting search (relative)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object] | None) -> ControlConfig:
+        data = dict(data or {})
+        band = data.pop("band", (0.8, 1.1))
+        shift = int(data.pop("shift_windows", 2))  # type: ignore[call-overload]
+        return cls(
+            band=(float(band[0]), float(band[1])),  # type: ignore[index]
+            shift_windows=shift,
+            **{k: float(v) for k, v in data.items()},  # type: ignore[arg-type]
+        )
+
+
+class Planner(Protocol):
+    """Makes plans for given rates: from scratch, or by moving as little as possible from ``previous``."""
+
+    def fresh(self, rates: Mapping[Hashable, float]) -> Plan: ...
+
+    def incremental(self, previous: Plan, rates: Mapping[Hashable, float]) -> Plan: ...
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    reason: ReplanReason | str
+    time_s: float
+    rates: dict[Hashable, float]  # measured (floored at the minimum rate) when the re-plan was decided
+
+
+@dataclass(frozen=True)
+class PlanDecision:
+    request: PlanRequest
+    plan: Plan
+    headroom: float  # the plan is for this multiple of the measured rates (< 1: capacity binds)
+    fits: bool  # False: not even a sliver fits; the plan has more backends than the capacity
+
+
+@dataclass
+class ControlLoop:
+    config: ControlConfig
+    planner: Planner
+    capacity: int | None = None  # backends the plan may use (None: as many as it needs)
+    plan: Plan | None = None
+    headroom: float = 1.0
+    planned: dict[Hashable, float] = field(default_factory=dict)  # the rates the running plan was made for
+    estimator: RateEstimator = field(init=False)
+    policy: EpochPolicy = field(init=False)
+    installs: int = 0
+    skipped: int = 0  # epoch re-plans that would have changed nothing
+
+    def __post_init__(self) -> None:
+        config = self.config
+        self.estimator = RateEstimator(config.window_s, config.ewma_s, config.shift_windows, config.band)
+        self.policy = EpochPolicy(
+            epoch_s=config.epoch_s,
+            min_interval_s=config.min_interval_s,
+            low_factor=config.band[0],
+            high_factor=config.band[1],
+        )
+
+    # ----------------------------------------------------------------------------------- inputs
+    def record(self, key: Hashable, now_s: float, count: int = 1) -> None:
+        self.estimator.record(key, now_s, count)
+
+    def record_times(self, key: Hashable, times_s: np.ndarray) -> None:
+        self.estimator.record_times(key, times_s)
+
+    def measured(self, now_s: float) -> dict[Hashable, float]:
+        return self.estimator.rates(now_s)
+
+    # -------------------------------------------------------------------------------- decisions
+    def request(self, now_s: float, keys: Iterable[Hashable], reason: ReplanReason | str) -> PlanRequest:
+        """A re-plan for ``keys`` at the current estimates, whatever the triggers say (start, load, unload)."""
+        measured = self.estimator.rates(now_s)
+        floor = self.config.min_rate_per_s
+        return PlanRequest(reason, now_s, {key: max(measured.get(key, 0.0), floor) for key in keys})
+
+    def decide(self, now_s: float, keys: Iterable[Hashable]) -> PlanRequest | None:
+        """Whether a re-plan is due now, and for which rates."""
+        request = self.request(now_s, keys, ReplanReason.EPOCH)
+        reason = self.policy.due(now_s, request.rates, self.planned, self.headroom)
+        if reason is None:
+            return None
+        return PlanRequest(reason, now_s, request.rates)
+
+    def plan_for(self, request: PlanRequest) -> PlanDecision:
+        """The plan for the largest multiple of the request's rates (≤ max_headroom) that fits."""
+        rates = request.rates
+        target = self.config.max_headroom
+
+        def scaled(scale: float) -> dict[Hashable, float]:
+            return {key: rate * scale for key, rate in rates.items()}
+
+        if self.plan is not None:
+            moved = self.planner.incremental(self.plan, scaled(target))
+            if self.capacity is None or moved.num_backends <= self.capacity:
+                return PlanDecision(request, moved, target, True)
+        if self.capacity is None:
+            return PlanDecision(request, self.planner.fresh(scaled(target)), target, True)
+        try:
+            scale, fresh = largest_fitting(
+                lambda s: self.planner.fresh(scaled(s)),
+                self.capacity,
+                start=target,
+                upper=target,
+                relative_tolerance=self.config.fit_tolerance,
+            )
+        except DoesNotFit as exc:
+            return PlanDecision(request, exc.plan, exc.scale, False)
+        if self.plan is not None and scale < target:
+            moved = self.planner.incremental(self.plan, scaled(scale))
+            if moved.num_backends <= self.capacity:
+                return PlanDecision(request, moved, scale, True)
+        return PlanDecision(request, fresh, scale, True)
+
+    def worth_installing(self, decision: PlanDecision) -> bool:
+        """False for an epoch re-plan that would change nothing that matters (same layout, rates close)."""
+        if self.plan is None or decision.request.reason != ReplanReason.EPOCH:
+            return True
+        return not same_layout(self.plan, decision.plan, SAME_RATE_SHARE)
+
+    def installed(self, decision: PlanDecision) -> None:
+        self.plan = decision.plan
+        self.planned = dict(decision.request.rates)
+        self.headroom = decision.headroom
+        self.policy.replanned(decision.request.time_s)
+        self.installs += 1
+
+    def skip(self, decision: PlanDecision) -> None:
+        """Keep the running plan (an epoch re-plan that changed nothing); the epoch starts over. The planned
+        rates stay those the running plan was made for, so drift still triggers a re-plan."""
+        self.policy.replanned(decision.request.time_s)
+        self.skipped += 1
+
+    def forget(self) -> None:
+        """No plan runs (every session unloaded)."""
+        self.plan = None
+        self.planned = {}
+
+
+def same_layout(current: Plan, new: Plan, rate_share: float) -> bool:
+    """Same backends running the same sessions at the same batch sizes and duty cycles, and every
+    allocation's rate within ``rate_share`` of the current one."""
+    if len(current.backends) != len(new.backends):
+        return False
+    for old, fresh in zip(current.backends, new.backends, strict=True):
+        if old.backend_id != fresh.backend_id or len(old.allocations) != len(fresh.allocations):
+            return False
+        if (old.duty_cycle_ms is None) != (fresh.duty_cycle_ms is None):
+            return False
+        old_cycle, new_cycle = old.duty_cycle_ms or 0.0, fresh.duty_cycle_ms or 0.0
+        if abs(old_cycle - new_cycle) > 1e-6 * max(old_cycle, 1.0):
+            return False
+        for a, b in zip(old.allocations, fresh.allocations, strict=True):
+            if a.key != b.key or a.batch != b.batch:
+                return False
+            if abs(a.rate - b.rate) > rate_share * max(a.rate, 1e-9):
+                return False
+    return True
