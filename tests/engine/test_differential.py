@@ -11,7 +11,6 @@ every batch the same requests on the same slot at the same time, and the re-plan
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from squishy.scheduler import Session, Workload
 from squishy.sim import MachineSpec, RequestTrace, SimConfig, Simulation
 from squishy.sim.simulation import OUTCOME_DROPPED, OUTCOME_GOOD, OUTCOME_LATE
 from tests.engine.virtual import VirtualServer
-from tests.runtime.onnx_models import add_model
+from tests.runtime.onnx_models import add_profiled_model
 
 FACTOR = 1.25  # batches run 25% slower than profiled: early drop must learn it
 DURATION_MS = 24_000.0
@@ -36,22 +35,12 @@ MODELS = {
     "b-rows": (120.0, {"1": 4.0, "4": 9.0, "16": 30.0}, 0),
     "c-ranked": (250.0, {"1": 15.0, "4": 30.0, "8": 50.0}, 2),
 }
-CONFIG = """
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 16
-input {{ name: "x" data_type: TYPE_FP32 dims: [4] }}
-output {{ name: "y" data_type: TYPE_FP32 dims: [2] }}
-parameters {{ key: "slo_ms" value {{ string_value: "{slo}" }} }}
-{extra}
-"""
 
 
 def repository(tmp_path: Path) -> ModelRepository:
     for name, (slo, table, levels) in MODELS.items():
         extra = f"dynamic_batching {{ priority_levels: {levels} default_priority_level: {levels} }}" if levels else ""
-        add_model(tmp_path, name, config=CONFIG.format(name=name, slo=slo, extra=extra))
-        (tmp_path / name / "profile.json").write_text(json.dumps({"model": name, "device": "cpu", "batch_ms": table}))
+        add_profiled_model(tmp_path, name, slo, table, max_batch=16, extra=extra)
     return ModelRepository(tmp_path)
 
 

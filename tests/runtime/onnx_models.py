@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,4 +50,26 @@ def add_model(
     for version in versions:
         (model_dir / str(version)).mkdir(exist_ok=True)
         onnx.save(model if model is not None else linear_model(), str(model_dir / str(version) / "model.onnx"))
+    return model_dir
+
+
+PROFILED_CONFIG = """
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input {{ name: "x" data_type: TYPE_FP32 dims: [4] }}
+output {{ name: "y" data_type: TYPE_FP32 dims: [2] }}
+parameters {{ key: "slo_ms" value {{ string_value: "{slo}" }} }}
+{extra}
+"""
+
+
+def add_profiled_model(
+    repo: Path, name: str, slo_ms: float, batch_ms: dict[str, float], *, max_batch: int = 8, extra: str = ""
+) -> Path:
+    """A linear model whose ℓ(b) is the user's ``profile.json`` (nothing is measured; the null executor
+    and the simulator take these latencies): x FP32 [batch, 4] → y FP32 [batch, 2]."""
+    config = PROFILED_CONFIG.format(name=name, slo=slo_ms, max_batch=max_batch, extra=extra)
+    model_dir = add_model(repo, name, config=config)
+    (model_dir / "profile.json").write_text(json.dumps({"model": name, "device": "cpu", "batch_ms": batch_ms}))
     return model_dir

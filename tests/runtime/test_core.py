@@ -8,7 +8,6 @@ time, so nothing sleeps and every outcome is exact. Two tests run the real worke
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +21,13 @@ from squishy.runtime.repository import ModelRepository
 from squishy.scheduler import Allocation, Backend, Plan
 from tests.engine.virtual import VirtualServer
 
-from .onnx_models import add_model
-
-CONFIG = """
-name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: 8
-input {{ name: "x" data_type: TYPE_FP32 dims: [4] }}
-output {{ name: "y" data_type: TYPE_FP32 dims: [2] }}
-parameters {{ key: "slo_ms" value {{ string_value: "{slo}" }} }}
-{extra}
-"""
+from .onnx_models import add_profiled_model
 
 
 def repository(tmp_path: Path, models: dict[str, dict]) -> ModelRepository:
     for name, options in models.items():
-        config = CONFIG.format(name=name, slo=options.get("slo", 200), extra=options.get("extra", ""))
-        add_model(tmp_path, name, config=config)
-        # A user profile: the null executor takes these latencies, and nothing is measured.
-        profile = {"model": name, "device": "cpu", "batch_ms": options.get("batch_ms", {"1": 10, "8": 24})}
-        (tmp_path / name / "profile.json").write_text(json.dumps(profile))
+        batch_ms = options.get("batch_ms", {"1": 10, "8": 24})
+        add_profiled_model(tmp_path, name, options.get("slo", 200), batch_ms, extra=options.get("extra", ""))
     return ModelRepository(tmp_path)
 
 

@@ -30,8 +30,11 @@ import numpy as np
 from squishy.bench.config import BenchConfig, ModelLoad
 from squishy.bench.launch import ServerProcess, start_squishy
 from squishy.bench.run import prepare, run
+from squishy.profiles.profiler import cpu_model_name
 
-DEFAULT_RATES_PER_S = (100.0, 400.0)
+# Rates each model is run at; a higher one is skipped once the event loop is this busy (cores).
+DEFAULT_RATES_PER_S = (100.0, 300.0, 1000.0, 2000.0)
+BUSY_ENOUGH_CORES = 0.6
 DEFAULT_DURATION_S = 8.0
 IDLE_S = 3.0
 CODEC_REPEATS = 300
@@ -39,14 +42,39 @@ CODEC_REPEATS = 300
 
 @dataclass(frozen=True)
 class ModelCosts:
-    """CPU milliseconds per request of one model, on this machine."""
+    """CPU milliseconds per request of one model, on this machine, at the calibration rates.
 
-    frontend_ms: float  # event loop, request side (from the handler's start to queueing)
-    reply_ms: float  # event loop, reply side
-    slot_ms: float  # slot thread, outside the executor
-    generator_send_ms: float
-    generator_receive_ms: float
+    The cost per request falls as the rate grows (the event loop and the slots handle several requests
+    per wake-up), so it is kept per rate and interpolated (``at``), not extrapolated from one rate.
+    """
+
+    rates_per_s: list[float]
+    frontend_ms: list[float]  # event loop, request side (from the handler's start to queueing)
+    reply_ms: list[float]  # event loop, reply side
+    generator_ms: list[float]  # the load generator, sending and reading replies
+    # Slot thread, outside the executor, per batch and per request in it (fitted over the rates: batches
+    # grow with the rate, and most of this cost is per batch).
+    slot_batch_ms: float = 0.0
+    slot_request_ms: float = 0.0
     runs: list[dict[str, float]] = field(default_factory=list)  # the raw figures behind them
+
+    def at(self, rate_per_s: float) -> dict[str, float]:
+        """The costs at a total rate: linear in log(rate) between calibration rates, flat beyond them."""
+        log_rates = np.log(self.rates_per_s)
+        where = float(np.log(max(rate_per_s, 1e-9)))
+
+        def value(series: list[float]) -> float:
+            return float(np.interp(where, log_rates, series))
+
+        generator = value(self.generator_ms)
+        return {
+            "frontend_ms": value(self.frontend_ms),
+            "reply_ms": value(self.reply_ms),
+            "slot_batch_ms": self.slot_batch_ms,
+            "slot_ms": self.slot_request_ms,
+            "generator_send_ms": generator / 2.0,
+            "generator_receive_ms": generator / 2.0,
+        }
 
 
 @dataclass(frozen=True)
@@ -91,7 +119,7 @@ def calibrate(
         cores=len(os.sched_getaffinity(0)),
         models=costs,
         measured=time.strftime("%Y-%m-%d"),
-        machine=_cpu_model(),
+        machine=cpu_model_name(),
     )
 
 
@@ -136,6 +164,8 @@ def _calibrate_model(
     config = BenchConfig(models=(load,), url=server.http_url, duration_s=duration_s, warmup_s=1.0, seed=seed)
     prepared = prepare(config)
     for rate in rates_per_s:
+        if runs and runs[-1]["event_loop_cpu_s"] / runs[-1]["seconds"] > BUSY_ENOUGH_CORES:
+            break  # the event loop is the bottleneck from here on: not a cost per request any more
         step = BenchConfig(models=(ModelLoad(model, rate, 10_000.0),), url=server.http_url, duration_s=duration_s,
                            warmup_s=1.0, seed=seed)  # fmt: skip
         requests_before, batches_before = _served(server, model)
@@ -153,40 +183,38 @@ def _calibrate_model(
                 "requests": float(requests),
                 "batches": float(batches_after - batches_before),
                 "seconds": elapsed,
-                "event_loop_cpu_s": used["main"],
+                "event_loop_cpu_s": used["main"] + used["other"],
                 "slot_cpu_s": used["slots"],
-                "other_cpu_s": used["other"],
                 "generator_cpu_s": result.generator.cpu_s,
-                "generator_requests": float(sum(s.sent for s in result.per_model.values())),
                 "generator_wall_s": result.generator.wall_s,
             }
         )
-    loop_ms = _per_request([r["event_loop_cpu_s"] + r["other_cpu_s"] for r in runs], [r["requests"] for r in runs])
-    slot_ms = _per_request([r["slot_cpu_s"] for r in runs], [r["requests"] for r in runs])
-    generator_ms = _slope([r["generator_cpu_s"] for r in runs], [r["generator_requests"] for r in runs])
     decode_ms, encode_ms = _codec_costs(repository, model, prepared.requests[0])
-    rest = max(loop_ms - decode_ms - encode_ms, 0.0)
+    loop_ms = [1000.0 * r["event_loop_cpu_s"] / r["requests"] for r in runs]
+    slot_batch_ms, slot_request_ms = _fit_slot_costs(runs)
     return ModelCosts(
-        frontend_ms=decode_ms + rest / 2.0,
-        reply_ms=encode_ms + rest / 2.0,
-        slot_ms=slot_ms,
-        generator_send_ms=generator_ms / 2.0,
-        generator_receive_ms=generator_ms / 2.0,
+        rates_per_s=[r["rate_per_s"] for r in runs],
+        frontend_ms=[decode_ms + max(loop - decode_ms - encode_ms, 0.0) / 2.0 for loop in loop_ms],
+        reply_ms=[encode_ms + max(loop - decode_ms - encode_ms, 0.0) / 2.0 for loop in loop_ms],
+        slot_batch_ms=slot_batch_ms,
+        slot_request_ms=slot_request_ms,
+        # The generator's CPU time covers the warm-up too: per request the server answered in the run.
+        generator_ms=[1000.0 * r["generator_cpu_s"] / r["requests"] for r in runs],
         runs=runs,
     )
 
 
-def _per_request(cpu_s: Sequence[float], requests: Sequence[float]) -> float:
-    """Milliseconds per request, pooled over the runs (idle use already taken off)."""
-    total = sum(requests)
-    return 1000.0 * sum(cpu_s) / total if total else float("nan")
-
-
-def _slope(cpu_s: Sequence[float], requests: Sequence[float]) -> float:
-    """Milliseconds per extra request between the runs (a fixed cost per second drops out)."""
-    if len(cpu_s) < 2 or requests[-1] == requests[0]:
-        return _per_request(cpu_s, requests)
-    return 1000.0 * (cpu_s[-1] - cpu_s[0]) / (requests[-1] - requests[0])
+def _fit_slot_costs(runs: list[dict[str, float]]) -> tuple[float, float]:
+    """Slot-thread CPU = a × batches + b × requests, least squares over the runs, a and b ≥ 0 (ms)."""
+    batches = np.array([r["batches"] for r in runs])
+    requests = np.array([r["requests"] for r in runs])
+    cpu_ms = np.array([1000.0 * r["slot_cpu_s"] for r in runs])
+    (a, b), *_ = np.linalg.lstsq(np.column_stack((batches, requests)), cpu_ms, rcond=None)
+    if a < 0:
+        return 0.0, float(cpu_ms.sum() / requests.sum())
+    if b < 0:
+        return float(cpu_ms.sum() / batches.sum()), 0.0
+    return float(a), float(b)
 
 
 def _codec_costs(repository: Path, model: str, wire_request: bytes) -> tuple[float, float]:
@@ -219,13 +247,3 @@ def _codec_costs(repository: Path, model: str, wire_request: bytes) -> tuple[flo
         codec.encode_infer_response(response, spec, selections, "")
     encode_ms = (time.perf_counter() - started) * 1000.0 / CODEC_REPEATS
     return decode_ms, encode_ms
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""

@@ -68,7 +68,8 @@ class RequestCosts:
     reply_ms: float = 0.0  # encoding and sending the reply (one machine)
     generator_send_ms: float = 0.0  # a load generator on the same machine: sending it
     generator_receive_ms: float = 0.0  # ... and reading the reply
-    slot_ms: float = 0.0  # on the slot's thread, outside the executor: gathering inputs, splitting outputs
+    slot_ms: float = 0.0  # on the slot's thread, outside the executor, per request: gathering inputs, outputs
+    slot_batch_ms: float = 0.0  # ... and per batch: taking the turn, reporting
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestCosts:
@@ -90,7 +91,6 @@ class HostSpec:
     costs: RequestCosts = field(default_factory=RequestCosts)  # every model's, unless ``per_model`` says
     per_model: Mapping[str, RequestCosts] = field(default_factory=dict)
     requests_per_frame: float = 1.0  # pre/post-processing is per frame: each request carries 1/this of it
-    batch_overhead_ms: float = 0.0  # slot-thread CPU per batch outside the executor (one machine)
 
     def costs_for(self, model: str) -> RequestCosts:
         return self.per_model.get(model, self.costs)
@@ -833,8 +833,8 @@ class Simulation:
         )
         if self.cpu is not None:  # CPU work on the slot's thread, stretched when the cores are shared
             assert self.host is not None
-            slot_ms = self.host.costs_for(str(share.key.model)).slot_ms
-            work = duration + self.host.batch_overhead_ms + slot_ms * len(batch)
+            costs = self.host.costs_for(str(share.key.model))
+            work = duration + costs.slot_batch_ms + costs.slot_ms * len(batch)
             backend.inflight = InFlight(slot, batch.deadlines_ms, batch.tags, inputs, now, math.nan, math.nan)
             self.cpu.submit(self.slot_threads[backend.turn.index], work, self._cpu_batch_done, backend)
             if self.config.log_batches:

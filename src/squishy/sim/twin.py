@@ -79,19 +79,14 @@ class Twin:
                 (model, session_id(spec), spec.slo_ms, scheduling_profile(repository, spec, self.serving))
             )
 
-    def host(self) -> HostSpec | None:
+    def host(self, total_rate_per_s: float) -> HostSpec | None:
+        """The machine's cores and each model's CPU per request at this total rate (calibrated)."""
         if self.calibration is None:
             return None
-        per_model = {}
-        for model, session, _, _ in self.sessions:
-            costs = self.calibration.models[model]
-            per_model[session] = RequestCosts(
-                frontend_ms=costs.frontend_ms,
-                reply_ms=costs.reply_ms,
-                generator_send_ms=costs.generator_send_ms,
-                generator_receive_ms=costs.generator_receive_ms,
-                slot_ms=costs.slot_ms,
-            )
+        per_model = {
+            session: RequestCosts(**self.calibration.models[model].at(total_rate_per_s))
+            for model, session, _, _ in self.sessions
+        }
         return HostSpec(cores=float(self.calibration.cores), per_model=per_model)
 
     def trace(self, total_rate_per_s: float, seed: int) -> RequestTrace:
@@ -123,7 +118,7 @@ class Twin:
             control=self.serving.control(),
             machine=MachineSpec(self.layout.slots, self.serving.work_stealing),
             trace=trace,
-            host=self.host(),
+            host=self.host(sum(rates_per_s)),
             stop_bad_share=3.0 * (1.0 - GOOD_TARGET) if stop_early else None,
         )
         profiles = {session: profile for _, session, _, profile in self.sessions}
