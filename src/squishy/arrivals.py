@@ -291,22 +291,24 @@ def source_rng(seed: int, index: int) -> np.random.Generator:
 
 def source_streams(
     rates_per_s: Sequence[float],
-    arrivals: Arrivals,
+    arrivals: Arrivals | Sequence[Arrivals],
     seed: int,
     rate_schedule: RateSchedule | None = None,
     trace_time_scale: float = 1.0,
 ) -> list[ArrivalStream]:
-    """One stream per source, in order, each from its own generator (``source_rng``)."""
+    """One stream per source, in order, each from its own generator (``source_rng``). ``arrivals`` is
+    every source's process, or one per source."""
     rate_schedule = rate_schedule or RateSchedule()
+    processes = [arrivals] * len(rates_per_s) if isinstance(arrivals, Arrivals) else list(arrivals)
     return [
-        ArrivalStream(rate, arrivals, rate_schedule, source_rng(seed, index), trace_time_scale)
-        for index, rate in enumerate(rates_per_s)
+        ArrivalStream(rate, process, rate_schedule, source_rng(seed, index), trace_time_scale)
+        for index, (rate, process) in enumerate(zip(rates_per_s, processes, strict=True))
     ]
 
 
 def schedule(
     rates_per_s: Sequence[float],
-    arrivals: Arrivals,
+    arrivals: Arrivals | Sequence[Arrivals],
     duration_s: float,
     seed: int,
     rate_schedule: RateSchedule | None = None,

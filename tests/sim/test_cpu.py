@@ -54,3 +54,14 @@ def test_a_job_released_later_waits_for_its_release_and_earlier_releases_go_firs
     cpu.submit(thread, 1.0, lambda: order.append(("now", engine.now_ms)))
     engine.run()
     assert order == [("now", 1.0), ("late", 51.0)]
+
+
+def test_python_work_shares_one_interpreter_lock_whatever_the_cores():
+    engine = Engine()
+    cpu = SharedCpu(engine, 4.0, priority=0)
+    done: dict[str, float] = {}
+    for name, gil in (("loop", True), ("slot-python", True), ("slot-compute", False)):
+        cpu.submit(cpu.thread(name), 10.0, lambda name=name: done.__setitem__(name, engine.now_ms), gil=gil)
+    engine.run()
+    # Four cores, but the two Python jobs share one lock: half a core each; the compute runs at full speed.
+    assert done == {"slot-compute": 10.0, "loop": 20.0, "slot-python": 20.0}

@@ -65,6 +65,8 @@ class ModelLoad:
     parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
     # Items per request: the size of the batch dimension when the model has one.
     batch_size: int = 1
+    # This model's own arrival process (None: the run's); e.g. a replay of a stepped load beside steady ones.
+    arrivals: Arrivals | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -170,6 +172,7 @@ class BenchConfig:
                     "batch_size": m.batch_size,
                     "inputs": [{"name": s.name, "shape": list(s.shape), "datatype": s.datatype} for s in m.inputs],
                     "parameters": dict(m.parameters),
+                    **({"arrivals": m.arrivals.describe()} if m.arrivals is not None else {}),
                 }
                 for m in self.models
             ],

@@ -209,7 +209,8 @@ async def run_async(
     if prepared.models != tuple(m.model for m in config.models):
         raise BenchError(f"requests were prepared for models {', '.join(prepared.models)}, not this run's")
     total_s = config.warmup_s + config.duration_s
-    offsets_s, model_index = schedule([m.rate_per_s for m in config.models], config.arrivals, total_s, config.seed)
+    processes = [m.arrivals or config.arrivals for m in config.models]
+    offsets_s, model_index = schedule([m.rate_per_s for m in config.models], processes, total_s, config.seed)
     counted = (offsets_s >= config.warmup_s) & (offsets_s < total_s)
     stop_after_bad = None
     if stop_below_met_fraction is not None:

@@ -164,7 +164,7 @@ def search(
 ) -> SearchResult:
     """Find the goodput at the SLO for ``config``'s mix (its rates give the proportions and the start)."""
     settings = settings or SearchSettings()
-    if config.arrivals.kind == "replay":
+    if any((m.arrivals or config.arrivals).kind == "replay" for m in config.models):
         raise BenchError("replayed send times do not change with the rate: search with trace:FILE instead")
     prepared = prepared or prepare(config)
     if not isolate:

@@ -5,10 +5,13 @@ Two models, for the two kinds of machine squishy runs on:
   handling, pre- and post-processing) queues first come, first served on ``cores`` cores. Requests
   reach a node in bulk, so the pool serves them in arrival order as they are delivered.
 - ``SharedCpu`` — a CPU machine (``squishy serve`` on this box): the execution slots *are* cores, and
-  they share them with the server's event loop and, in a benchmark, the load generator. Every thread
-  with work runs at min(1, cores / runnable threads) of a core (processor sharing, as the kernel's
-  scheduler does on average), so a busy event loop slows the batches down, and busy slots slow the
-  event loop down. Each thread serves its own jobs first come, first served.
+  they share them with the server's event loop and, in a benchmark, the load generator. The cores are
+  shared max-min fairly among the threads with work (processor sharing, as the kernel's scheduler does on
+  average; no thread uses more than one core), so a busy event loop slows the batches down, and busy
+  slots slow the event loop down. Python work (the event loop, a slot's batch handling) also needs the
+  process's interpreter lock: jobs marked ``gil`` share one lock's worth of time among them, whatever
+  the cores (ONNX Runtime's compute releases the lock). Each thread serves its own jobs first come,
+  first served.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class _Job:
     release_ms: float
     sequence: int
     work_ms: float = field(compare=False)
+    gil: bool = field(compare=False)
     on_start: Callable[..., None] | None = field(compare=False)
     on_done: Callable[..., None] = field(compare=False)
     args: tuple[Any, ...] = field(compare=False)
@@ -112,11 +116,13 @@ class SharedCpu:
         *args: Any,
         release_ms: float | None = None,
         on_start: Callable[..., None] | None = None,
+        gil: bool = False,
     ) -> None:
         now = self.engine.now_ms
         self._advance(now)
         release = now if release_ms is None else max(release_ms, now)
-        heapq.heappush(thread.jobs, _Job(release, next(self._sequence), max(work_ms, 0.0), on_start, on_done, args))
+        job = _Job(release, next(self._sequence), max(work_ms, 0.0), gil, on_start, on_done, args)
+        heapq.heappush(thread.jobs, job)
         self._start_heads(now)
         self._reschedule(now)
 
@@ -124,20 +130,30 @@ class SharedCpu:
     def _runnable(self) -> list[CpuThread]:
         return [t for t in self.threads if t.started]
 
-    def _rate(self, runnable: int) -> float:
-        return 1.0 if runnable <= self.cores else self.cores / runnable
+    def _rates(self, runnable: list[CpuThread]) -> list[float]:
+        """Cores per runnable thread, max-min fair: at most one core each, at most ``cores`` in all, and
+        the threads running Python (``gil``) one interpreter lock's worth among them."""
+        count = len(runnable)
+        if count == 0:
+            return []
+        fair = min(1.0, self.cores / count)
+        locked = sum(1 for t in runnable if t.current is not None and t.current.gil)
+        if locked == 0 or 1.0 / locked >= fair:
+            return [fair] * count
+        # The lock binds: its holders get 1/locked each; the others share the cores that leaves.
+        free = count - locked
+        others = min(1.0, (self.cores - 1.0) / free) if free else 0.0
+        return [1.0 / locked if t.current is not None and t.current.gil else others for t in runnable]
 
     def _advance(self, now: float) -> None:
-        """Serve every runnable thread's head job for the time since the last change."""
+        """Serve every runnable thread's current job for the time since the last change."""
         elapsed = now - self._last_ms
         self._last_ms = now
         if elapsed <= 0:
             return
         runnable = self._runnable()
-        if not runnable:
-            return
-        served = elapsed * self._rate(len(runnable))
-        for thread in runnable:
+        for thread, rate in zip(runnable, self._rates(runnable), strict=True):
+            served = elapsed * rate
             thread.remaining_ms -= served
             thread.busy_ms += served
 
@@ -154,8 +170,8 @@ class SharedCpu:
         runnable = self._runnable()
         next_ms = math.inf
         if runnable:
-            rate = self._rate(len(runnable))
-            next_ms = now + max(min(t.remaining_ms for t in runnable), 0.0) / rate
+            rates = self._rates(runnable)
+            next_ms = now + min(max(t.remaining_ms, 0.0) / rate for t, rate in zip(runnable, rates, strict=True))
         for thread in self.threads:
             if not thread.started and thread.jobs:
                 next_ms = min(next_ms, thread.jobs[0].release_ms)

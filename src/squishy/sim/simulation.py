@@ -834,9 +834,11 @@ class Simulation:
         if self.cpu is not None:  # CPU work on the slot's thread, stretched when the cores are shared
             assert self.host is not None
             costs = self.host.costs_for(str(share.key.model))
-            work = duration + costs.slot_batch_ms + costs.slot_ms * len(batch)
+            python_ms = costs.slot_batch_ms + costs.slot_ms * len(batch)  # gathering, splitting, answering
             backend.inflight = InFlight(slot, batch.deadlines_ms, batch.tags, inputs, now, math.nan, math.nan)
-            self.cpu.submit(self.slot_threads[backend.turn.index], work, self._cpu_batch_done, backend)
+            thread = self.slot_threads[backend.turn.index]
+            self.cpu.submit(thread, python_ms, _nothing, gil=True)
+            self.cpu.submit(thread, duration, self._cpu_batch_done, backend)  # the executor releases the lock
             if self.config.log_batches:
                 self.batch_members.append((backend.turn.index, now, ((batch.tags >> CLASS_BITS) - 1).tolist()))
             return
@@ -1115,6 +1117,7 @@ class Simulation:
             priority,
             release_ms=self.engine.now_ms + self.config.network_ms,
             on_start=self._stamp,
+            gil=True,
         )
 
     def _stamp(self, tag: int, rows: int, priority: int) -> None:
@@ -1135,7 +1138,7 @@ class Simulation:
         assert self.cpu is not None and self.host is not None
         for request in ids.tolist():
             model = self.classes[int(self.requests.source[request])].model
-            self.cpu.submit(self.loop_thread, self.host.costs_for(model).reply_ms, self._replied, request)
+            self.cpu.submit(self.loop_thread, self.host.costs_for(model).reply_ms, self._replied, request, gil=True)
 
     def _replied(self, request: int) -> None:
         assert self.cpu is not None and self.host is not None
@@ -1272,6 +1275,10 @@ class Simulation:
             "events": self.engine.events_run,
         }
         return SimResult(summary=summary, metrics=self)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _start_request(rates: dict[Hashable, float]) -> PlanRequest:
