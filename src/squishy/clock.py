@@ -5,6 +5,7 @@ and in simulated time (``squishy.sim``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -22,6 +23,10 @@ class Clock(Protocol):
         """Block the calling thread for ``duration_ms`` (the null executor's stand-in for work)."""
         ...
 
+    async def pause_ms(self, duration_ms: float) -> None:
+        """Let ``duration_ms`` pass on an event loop (the control loop's tick)."""
+        ...
+
 
 class MonotonicClock:
     """The machine's clocks: ``time.monotonic`` (what the frontends stamp arrivals with) and ``time.time``."""
@@ -34,6 +39,9 @@ class MonotonicClock:
 
     def sleep_ms(self, duration_ms: float) -> None:
         time.sleep(duration_ms / 1000.0)
+
+    async def pause_ms(self, duration_ms: float) -> None:
+        await asyncio.sleep(duration_ms / 1000.0)
 
 
 class ManualClock:
@@ -50,6 +58,9 @@ class ManualClock:
         return self._now_ms + self._epoch_offset_ms
 
     def sleep_ms(self, duration_ms: float) -> None:
+        self.advance_ms(duration_ms)
+
+    async def pause_ms(self, duration_ms: float) -> None:
         self.advance_ms(duration_ms)
 
     def advance_ms(self, duration_ms: float) -> None:

@@ -531,7 +531,7 @@ class ServingCore(BatchSink):
     # ------------------------------------------------------------------------------ control loop
     async def _control_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.control_tick_s)
+            await self.clock.pause_ms(self.config.control_tick_s * 1000.0)
             try:
                 request = self._control_request()
                 if request is None:
