@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from squishy.errors import InfeasibleError, ProfileError, WorkloadError
 from squishy.profiles import Profile
@@ -42,7 +42,34 @@ def margin_ms(profile: Profile, settings: Settings) -> float:
 
 
 def scheduled_profile(profile: Profile, settings: Settings) -> Profile:
-    return profile.with_margin(settings.profile_inflation, settings.std_multiplier)
+    """The profile the packing uses: margins applied, and no faster than the backend's host CPU can
+    prepare the batch (``host_limited``)."""
+    margined = profile.with_margin(settings.profile_inflation, settings.std_multiplier)
+    return host_limited(margined, settings.profile_inflation * host_ms(profile, settings), settings.host_cores)
+
+
+def host_ms(profile: Profile, settings: Settings) -> float:
+    """Host CPU one request of this model costs its backend: the frontend's handling and its share of
+    pre/post-processing (0 when the host is not a constraint). The packing inflates it as it inflates ℓ:
+    a host kept 100% busy queues without bound."""
+    if settings.host_cores <= 0:
+        return 0.0
+    return settings.frontend_ms + (profile.preprocess_ms + profile.postprocess_ms) / settings.requests_per_frame
+
+
+def host_limited(profile: Profile, per_request_ms: float, cores: float) -> Profile:
+    """ℓ'(b) = max(ℓ(b), b·w/C): a backend whose host has C cores, w ms of CPU per request, cannot run b
+    requests in less than b·w/C however fast its device is. The packing then keeps each backend's
+    requests within its host CPU (Σ r·w ≤ C) as it keeps its batches within the duty cycle."""
+    if per_request_ms <= 0 or cores <= 0:
+        return profile
+    floor = per_request_ms / cores
+    table = {b: max(v, b * floor) for b, v in profile.batch_ms.items()}
+    if all(table[b] == v for b, v in profile.batch_ms.items()):
+        return profile
+    return replace(
+        profile, batch_ms=table, source=f"{profile.source}; no faster than its host CPU ({floor:g} ms/input)"
+    )
 
 
 def saturating_batch(profile: Profile, budget_ms: float, memory_mb: float | None) -> int | None:
@@ -140,10 +167,11 @@ def prefix_demand(prefix: str, members: list[Session], profiles: Mapping[str, Pr
     ℓ_group(b) = ℓ_trunk(b) + Σ_i suffix_i(⌈b·r_i/R⌉) with suffix_i(n) = ℓ_i(n) − ℓ_trunk(n): each member's
     own profile minus the trunk's. The group's SLO is the tightest of its members'.
     """
-    trunk = scheduled_profile(profiles[prefix], settings)
+    device_only = replace(settings, host_cores=0.0)  # the host limits the whole group, below
+    trunk = scheduled_profile(profiles[prefix], device_only)
     active = [m for m in members if m.rate > 0]
     total = sum(m.rate for m in active)
-    member_profiles = {m.model: scheduled_profile(profiles[m.model], settings) for m in active}
+    member_profiles = {m.model: scheduled_profile(profiles[m.model], device_only) for m in active}
     table: dict[int, float] = {}
     memory: dict[int, float] = {}
     for batch in trunk.allowed_batches:
@@ -176,11 +204,14 @@ def prefix_demand(prefix: str, members: list[Session], profiles: Mapping[str, Pr
             "source": f"prefix group of {', '.join(m.model for m in active)} over trunk {prefix}",
         }
     )
+    per_request = (
+        settings.profile_inflation * sum(m.rate * host_ms(profiles[m.model], settings) for m in active) / total
+    )
     return Demand(
         model=prefix,
         slo_ms=slo,
         budget_ms=slo - margin,
         rate=total,
-        profile=profile,
+        profile=host_limited(profile, per_request, settings.host_cores),
         members=tuple(Member(m.model, m.slo_ms, m.rate) for m in active),
     )

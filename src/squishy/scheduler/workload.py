@@ -58,13 +58,20 @@ class Settings:
     std_multiplier: float = 0.0
     # Time step of query analysis's dynamic program; 0 picks one (1 ms, coarser for very long SLOs).
     query_step_ms: float = 0.0
+    # Host CPU per backend (a GPU server's cores), when it can limit a backend: each request costs
+    # ``frontend_ms`` plus its share of pre/post-processing (per frame: 1/``requests_per_frame`` of it).
+    # 0 cores: the host is not a constraint.
+    host_cores: float = 0.0
+    frontend_ms: float = 0.0
+    requests_per_frame: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Settings:
         data = data or {}
         if not isinstance(data, Mapping):
             raise WorkloadError("settings must be a mapping")
-        unknown = set(data) - {"network_ms", "profile_inflation", "std_multiplier", "query_step_ms"}
+        known = {"network_ms", "profile_inflation", "std_multiplier", "query_step_ms", "host_cores", "frontend_ms"}
+        unknown = set(data) - known - {"requests_per_frame"}
         if unknown:
             raise WorkloadError(f"settings: unknown key(s) {', '.join(sorted(unknown))}")
         return cls(
@@ -74,6 +81,11 @@ class Settings:
             ),
             std_multiplier=_number(data.get("std_multiplier", 0.0), "settings.std_multiplier", minimum=0),
             query_step_ms=_number(data.get("query_step_ms", 0.0), "settings.query_step_ms", minimum=0),
+            host_cores=_number(data.get("host_cores", 0.0), "settings.host_cores", minimum=0),
+            frontend_ms=_number(data.get("frontend_ms", 0.0), "settings.frontend_ms", minimum=0),
+            requests_per_frame=_number(
+                data.get("requests_per_frame", 1.0), "settings.requests_per_frame", minimum=0, strict=True
+            ),
         )
 
 
