@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from squishy.cli import main
 from squishy.sim.scenario import load_scenario, shipped_scenarios
-from squishy.sim.studies import StudyOptions, run_study
+from squishy.sim.studies import StudyOptions, run_study, sim_config, system_profiles
 
 STUDIES = ["drop-policy", "game", "traffic", "traffic-offpeak", "optimality", "large", "bursty"]
 
@@ -55,3 +56,29 @@ def test_a_scenario_file_without_a_study_runs_once(tmp_path):
     )
     results = run_study(load_scenario(str(path)), StudyOptions(workers=1))
     assert results["study"] == "run" and results["overall"]["sent"] > 1000
+
+
+def test_quick_large_keeps_to_its_cluster_and_splits_the_bad_rate_by_capacity():
+    scenario = load_scenario("large")
+    small = replace(scenario, simulation={**scenario.simulation, "cluster_backends": 30})
+    results = run_study(small, StudyOptions(quick=True, workers=1))
+    assert results["cluster_backends"] == 30
+    assert 0 < results["backends_max"] <= 30  # the trough already needs more: the plan admits what fits
+    assert results["segments"][0]["over_capacity"] and results["segments"][0]["min_plan_headroom"] < 1.0
+    over = results["by_capacity"]["over_capacity"]
+    assert over["sent"] > 0 and over["bad"] > 0  # early drop sheds what the plan did not admit
+    assert set(results["apps"]) == {"nlp", "speech", "game", "video"}
+    assert sum(app["sent"] for app in results["apps"].values()) == results["overall"]["sent"]
+    assert "wall" not in json.dumps(results)
+
+
+def test_every_system_pays_pre_processing_per_frame_as_the_scenario_declares():
+    scenario = load_scenario("game")
+    config = sim_config(scenario, StudyOptions())
+    assert config.host is not None and config.host.requests_per_frame == 3 and config.host.cores == 8
+    # Overlapping systems keep the frame's 10 ms (its latency); the simulator charges a third of it to
+    # the host cores. The others run each request's third on the device's thread.
+    assert system_profiles("squishy", scenario.profiles, config)["lenet_01"].preprocess_ms == 10.0
+    for system in ("clipper", "tf-serving", "no-overlap"):
+        assert system_profiles(system, scenario.profiles, config)["lenet_01"].preprocess_ms == pytest.approx(10 / 3)
+    assert load_scenario("drop-policy").simulation.get("host") is None

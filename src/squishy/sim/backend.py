@@ -46,9 +46,9 @@ class ExecModel:
         slots = self.member_slot
         if classes[0] == classes[-1] and (len(classes) < 3 or bool((classes == classes[0]).all())):
             return total + float(self.suffix_ms[slots[int(classes[0])]][count])
-        values, counts = np.unique(classes, return_counts=True)
-        for value, n in zip(values.tolist(), counts.tolist(), strict=True):
-            total += float(self.suffix_ms[slots[value]][n])
+        counts = np.bincount(classes)  # class indices are small: cheaper than np.unique, same order
+        for value in np.flatnonzero(counts).tolist():
+            total += float(self.suffix_ms[slots[value]][counts[value]])
         return total
 
     def std_ms(self, count: int) -> float:
@@ -73,10 +73,16 @@ class Share:
         self.pending_deadlines = np.empty(0)
         self.pending_tags = np.empty(0, dtype=np.int64)
         self.pending_head = 0
+        # The first pending arrival (inf: none), kept as a float: every look at a backend reads it for
+        # every share, and indexing the array each time costs more than the rest of the look.
+        self.next_ms = float("inf")
 
     def next_arrival_ms(self) -> float:
+        return self.next_ms
+
+    def _update_next(self) -> None:
         head = self.pending_head
-        return float(self.pending_arrivals[head]) if head < len(self.pending_arrivals) else float("inf")
+        self.next_ms = float(self.pending_arrivals[head]) if head < len(self.pending_arrivals) else float("inf")
 
     def add_pending(self, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
         head = self.pending_head
@@ -100,16 +106,18 @@ class Share:
                 merged_tags,
             )
         self.pending_head = 0
+        self._update_next()
 
     def absorb(self, slot: Slot, now_ms: float) -> None:
         """Move requests that have arrived by ``now_ms`` from the network into ``slot``'s queue."""
+        if self.next_ms > now_ms:
+            return
         head = self.pending_head
         arrivals = self.pending_arrivals
-        if head >= len(arrivals) or arrivals[head] > now_ms:
-            return
         stop = head + int(arrivals[head:].searchsorted(now_ms, side="right"))
         slot.queue.push_many(self.pending_deadlines[head:stop], arrivals[head:stop], self.pending_tags[head:stop])
         self.pending_head = stop
+        self._update_next()
 
     def take_pending_after(self, time_ms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Remove and return requests that arrive after ``time_ms`` (re-routed when the plan changes)."""
@@ -121,6 +129,7 @@ class Share:
         self.pending_deadlines = self.pending_deadlines[head : head + cut]
         self.pending_tags = self.pending_tags[head : head + cut]
         self.pending_head = 0
+        self._update_next()
         return out
 
     def drain_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,6 +137,7 @@ class Share:
         out = (self.pending_arrivals[head:], self.pending_deadlines[head:], self.pending_tags[head:])
         self.pending_arrivals, self.pending_deadlines = np.empty(0), np.empty(0)
         self.pending_tags, self.pending_head = np.empty(0, dtype=np.int64), 0
+        self.next_ms = float("inf")
         return out
 
 
@@ -153,17 +163,19 @@ class SimBackend:
     version: int = 0  # bumps invalidate older wake-up events
     retired: bool = False
     busy_ms: float = 0.0
+    timeouts: bool = True  # a dispatch rule may wake it without an arrival (False: none of its rules does)
 
     def next_event_ms(self, now_ms: float) -> float:
         """When an idle backend must look again: the next arrival on the network, or a dispatch timeout."""
         best = float("inf")
         for slot in self.turn.slots:
-            arrival = slot.payload.next_arrival_ms()
+            arrival = slot.payload.next_ms
             if arrival < best:
                 best = arrival
-        wake = self.turn.wake_at(now_ms)
-        if wake is not None and wake < best:
-            best = wake
+        if self.timeouts:
+            wake = self.turn.wake_at(now_ms)
+            if wake is not None and wake < best:
+                best = wake
         return best
 
 
@@ -185,4 +197,5 @@ class SimNode:
     def absorb(self, now_ms: float) -> None:
         for backend in self.backends:
             for slot in backend.turn.slots:
-                slot.payload.absorb(slot, now_ms)
+                if slot.payload.next_ms <= now_ms:
+                    slot.payload.absorb(slot, now_ms)

@@ -120,25 +120,40 @@ def _large(results: dict[str, Any], out_dir: Path, name: str) -> list[Path]:
     top.set_ylabel("requests sent per s")
     bad10 = [100 * (v or 0.0) for v in series["bad_rate_10s"]]
     bad1 = [100 * (v or 0.0) for v in series["bad_rate_1s"]]
-    middle.plot(seconds, bad1, linewidth=0.4, color="tab:orange", alpha=0.6, label="1 s")
-    middle.plot(seconds, bad10, linewidth=0.9, color="tab:red", label="10 s window")
+    apps = {app: data["bad_rate_10s"] for app, data in results.get("apps", {}).items() if "bad_rate_10s" in data}
+    if apps:  # each app's 10 s bad rate: one failing app must not hide how the others fare
+        middle.plot(seconds, bad10, linewidth=1.2, color="black", label="all, 10 s window")
+        for app, values in apps.items():
+            middle.plot(seconds[: len(values)], [100 * (v or 0.0) for v in values], linewidth=0.8, label=app)
+    else:
+        middle.plot(seconds, bad1, linewidth=0.4, color="tab:orange", alpha=0.6, label="1 s")
+        middle.plot(seconds, bad10, linewidth=0.9, color="tab:red", label="10 s window")
     middle.axhline(1.0, color="gray", linestyle=":")
     middle.set_ylabel("bad rate (%)")
     middle.set_yscale("symlog", linthresh=0.1)
     middle.set_ylim(bottom=0)
-    middle.legend(loc="upper right")
+    middle.legend(loc="lower right", fontsize="small", ncol=3)
     ticks = list(range(1, len(series["backends"]) + 1))
-    bottom.plot(ticks, series["backends"], color="tab:green")
-    bottom.set_ylabel("backends in use")
+    bottom.plot(ticks, series["backends"], color="tab:green", label="in use")
+    replan_times = [r["time_s"] for r in results["replans"]]
+    planned = [r["backends"] for r in results["replans"]]
+    bottom.step(replan_times, planned, where="post", color="tab:blue", linewidth=0.8, label="planned")
+    bottom.axhline(results["cluster_backends"], color="black", linestyle=":", label="cluster")
+    bottom.set_ylabel("backends")
     bottom.set_xlabel("time (s)")
+    bottom.legend(loc="lower right", fontsize="small")
     for axis in (top, middle, bottom):
         for start in results["rate_schedule"]["starts_s"][1:]:
             axis.axvline(start, color="gray", linewidth=0.5, linestyle="--")
+        for segment in results.get("segments", []):
+            if segment["over_capacity"]:  # demand above what the cluster holds
+                axis.axvspan(segment["start_s"], segment["end_s"], color="tab:red", alpha=0.08)
     overall = results["overall"]
-    top.set_title(
-        f"{results['scenario']}: bad rate {100 * overall['bad_rate']:.3f}% over {overall['sent']:,} requests; "
-        f"longest recovery {results['max_recovery_s']:.0f} s"
-    )
+    under = results.get("by_capacity", {}).get("under_capacity", {}).get("bad_rate")
+    title = f"{results['scenario']}: bad rate {100 * overall['bad_rate']:.3f}% over {overall['sent']:,} requests"
+    if under is not None:
+        title += f" ({100 * under:.3f}% while under capacity; shaded: over capacity)"
+    top.set_title(title, fontsize="medium")
     return [_save(figure, out_dir / f"{name}.png")]
 
 

@@ -96,6 +96,13 @@ class HostSpec:
         return self.per_model.get(model, self.costs)
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> HostSpec | None:
+        """The host the planner was told about (``Settings.host_cores``), or None when it was told none."""
+        if settings.host_cores <= 0:
+            return None
+        return cls(settings.host_cores, RequestCosts(frontend_ms=settings.frontend_ms), {}, settings.requests_per_frame)
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HostSpec:
         data = dict(data)
         costs = {k: data.pop(k) for k in list(data) if k in RequestCosts.__dataclass_fields__}
@@ -318,7 +325,8 @@ class Simulation:
             self.root_class.append(first)
         if len(self.classes) > CLASS_MASK:
             raise ValueError(f"too many request classes ({len(self.classes)}) for the tag encoding")
-        self.host = cfg.host
+        # The simulated machines' host CPU: as configured, or as the workload tells the planner.
+        self.host = cfg.host if cfg.host is not None else HostSpec.from_settings(workload.settings)
         if self.host is not None:
             for cls in self.classes:
                 cls.host_work_ms = self._host_work(cls)
@@ -329,10 +337,11 @@ class Simulation:
         self.queries = self.requests  # queries live in the request table
 
         # Devices and routing.
+        self.timeouts = self.system.dispatch == "tf-serving"  # only that rule waits for a timeout
         self.backends: dict[int, SimBackend] = {}  # slot id → backend
         self.node: SimNode | None = None  # the one machine (exact path)
         if cfg.machine is not None:
-            self.node = SimNode([SimBackend(BackendTurn(i)) for i in range(cfg.machine.slots)])
+            self.node = SimNode([SimBackend(BackendTurn(i), timeouts=self.timeouts) for i in range(cfg.machine.slots)])
             self.backends = {b.turn.index: b for b in self.node.backends}
         self.assignment = Assignment({}, {})
         self.routes: list[tuple[list[tuple[SimBackend, Slot]], DeficitRoundRobin[int]] | None] = []
@@ -554,7 +563,7 @@ class Simulation:
         if cfg.machine is None:
             for slot_id in assignment.slots:
                 if slot_id not in self.backends:
-                    backend = SimBackend(BackendTurn(slot_id))
+                    backend = SimBackend(BackendTurn(slot_id), timeouts=self.timeouts)
                     SimNode([backend])
                     self.backends[slot_id] = backend
         for slot_id, backend in self.backends.items():
@@ -947,8 +956,10 @@ class Simulation:
         if self.config.log_batches:
             self.batch_log.append(("drop", self.engine.now_ms, self._send_times(deadlines, tags)))
         classes = tags & CLASS_MASK
-        for cls_index in np.unique(classes).tolist() if len(classes) > 1 else [int(classes[0])]:
-            mask = classes == cls_index if len(classes) > 1 else slice(None)
+        first = int(classes[0])
+        single = classes[-1] == first and (len(classes) < 3 or bool((classes == first).all()))
+        for cls_index in [first] if single else np.unique(classes).tolist():
+            mask = slice(None) if single else classes == cls_index
             cls = self.classes[cls_index]
             if cls.query < 0:
                 if self.exact:

@@ -11,6 +11,7 @@ needs, and returns a JSON-ready dict (no wall-clock figures: same seed, same res
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,13 +20,15 @@ import numpy as np
 
 from squishy.arrivals import Arrivals, RateSchedule
 from squishy.control import ControlConfig
+from squishy.control.fitting import largest_fitting
 from squishy.errors import WorkloadError
 from squishy.profiles import Profile
 from squishy.scheduler import Session, Settings, Workload, make_plan
+from squishy.sim.metrics import Metrics
 from squishy.sim.scenario import Scenario, load_scenario
 from squishy.sim.search import GOOD_TARGET, ProbeSpec, max_good_scale, parallel_map, probe
-from squishy.sim.simulation import SimConfig, Simulation
-from squishy.sim.systems import SYSTEMS, plan_for
+from squishy.sim.simulation import HostSpec, SimConfig, Simulation
+from squishy.sim.systems import FILL_TOLERANCE, SYSTEMS, plan_for
 
 Progress = Callable[[int], None]  # called with the number of jobs just finished
 
@@ -47,10 +50,27 @@ def sim_config(scenario: Scenario, options: StudyOptions, **overrides: Any) -> S
         model_load_ms=float(sim.get("model_load_ms", 2000.0)),
         arrivals=Arrivals.parse(sim.get("arrivals", "poisson"), scenario.path.parent),
         rate_schedule=RateSchedule.parse(sim.get("rate_schedule")),
+        scale=float(sim.get("scale", 1.0)),
+        host=HostSpec.from_dict(sim["host"]) if sim.get("host") else None,
     )
     if options.quick:
         config = replace(config, duration_s=min(config.duration_s, 2.5), warmup_s=min(config.warmup_s, 0.5))
     return replace(config, **overrides)
+
+
+def system_profiles(system: str, profiles: Mapping[str, Profile], config: SimConfig) -> dict[str, Profile]:
+    """The profiles ``system`` runs with. Pre/post-processing is charged per frame: with host CPU modelled,
+    a system that overlaps it pays each request's share, (pre + post) / requests_per_frame, on the host
+    cores (the simulator does that); a system that does not overlap it pays the same share on the
+    device's thread, so its profiles carry that share (the simulator charges them per request)."""
+    host = config.host
+    if host is None or SYSTEMS[system].overlap or host.requests_per_frame == 1.0:
+        return dict(profiles)
+    share = 1.0 / host.requests_per_frame
+    return {
+        model: replace(p, preprocess_ms=p.preprocess_ms * share, postprocess_ms=p.postprocess_ms * share)
+        for model, p in profiles.items()
+    }
 
 
 def base_rate(workload: Workload) -> float:
@@ -164,7 +184,7 @@ def throughput(scenario: Scenario, options: StudyOptions, progress: Progress) ->
     jobs = [
         (
             _search_job,
-            ProbeSpec(scenario.workload, scenario.profiles, system, config, cluster),
+            ProbeSpec(scenario.workload, system_profiles(system, scenario.profiles, config), system, config, cluster),
             initial_scale(system, start),
         )
         for system in systems
@@ -186,6 +206,7 @@ def throughput(scenario: Scenario, options: StudyOptions, progress: Progress) ->
         "study": "throughput",
         "scenario": scenario.name,
         "cluster_backends": cluster,
+        "host": _host_summary(config),
         "base_rate": base_rate(scenario.workload),
         "duration_s": config.duration_s,
         "good_target": GOOD_TARGET,
@@ -227,6 +248,7 @@ def optimality(scenario: Scenario, options: StudyOptions, progress: Progress) ->
                 }
             )
         out[app.name] = {
+            "host": _host_summary(sim_config(app, options)),
             "scale": scale,
             "throughput": search["throughput"],
             "backends": plan.num_backends,
@@ -242,35 +264,76 @@ def optimality(scenario: Scenario, options: StudyOptions, progress: Progress) ->
 
 # ------------------------------------------------------------------------------------------ large
 def large(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict[str, Any]:
+    """The cluster under stepped Poisson load with the control loop on, for a simulated hour. The control
+    loop may plan at most ``cluster_backends``: when demand exceeds that, the plan admits the largest
+    share of every session's rate that fits and early drop sheds the rest."""
     sim = scenario.simulation
+    cluster = int(sim.get("cluster_backends", 100))
     control = ControlConfig.from_dict(sim.get("control"))
-    config = sim_config(scenario, options, control=control, tick_ms=1000.0)
+    config = sim_config(scenario, options, control=control, tick_ms=1000.0, capacity=cluster)
     if options.quick:
         factors = config.rate_schedule.factors[:2]
         starts = (0.0, min(config.rate_schedule.starts_s[1] if len(factors) > 1 else 2.0, 2.0))[: len(factors)]
         config = replace(config, duration_s=4.0, rate_schedule=RateSchedule(starts, factors))
     workload = scenario.workload
     initial_rates = workload.scaled(config.scale * config.rate_schedule.factor_at(0.0) * control.max_headroom)
-    plan = make_plan(initial_rates, scenario.profiles)
+    # The first plan, for the largest share of the initial load that fits the cluster (as plan_for
+    # makes it), and that share as the re-plans report theirs (1: all of it).
+    plan, share = make_plan(initial_rates, scenario.profiles), 1.0
+    if plan.num_backends > cluster:
+        share, plan = largest_fitting(
+            lambda factor: make_plan(initial_rates.scaled(factor), scenario.profiles),
+            cluster,
+            start=1.0,
+            upper=1.0,
+            relative_tolerance=FILL_TOLERANCE,
+        )
+    initial = {"time_s": 0.0, "backends": plan.num_backends, "headroom": round(share, 4)}
     simulation = Simulation(workload, scenario.profiles, plan, "squishy", config)
     ticker = _TickProgress(simulation, progress)
     simulation.engine.schedule(0.0, 0, ticker)
     result = simulation.run()
     metrics = simulation.metrics
+    seconds = int(config.duration_s)
     one_second = metrics.bad_rate_series(1)
     ten_seconds = metrics.bad_rate_series(10)
-    steps = []
     starts = list(config.rate_schedule.starts_s)
-    for index, start in enumerate(starts[1:], start=1):
-        end = starts[index + 1] if index + 1 < len(starts) else config.duration_s
-        steps.append(_recovery(start, end, ten_seconds, simulation.replans, config.rate_schedule.factors, index))
+    ends = [*starts[1:], config.duration_s]
+    # Each load step (a segment of the schedule) is over capacity when the plans made for its load
+    # admitted less than all of it (headroom < 1).
+    segments = []
+    for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        plans = [r for r in [initial, *simulation.replans] if start <= r["time_s"] < end]
+        headroom = min((r["headroom"] for r in plans), default=None)
+        segments.append(
+            {
+                "start_s": start,
+                "end_s": end,
+                "factor": config.rate_schedule.factors[index],
+                "min_plan_headroom": headroom,
+                "max_plan_backends": max((r["backends"] for r in plans), default=None),
+                "over_capacity": headroom is not None and headroom < 1.0,
+            }
+        )
+    steps = [
+        {
+            **_recovery(start, end, ten_seconds, simulation.replans, config.rate_schedule.factors, index),
+            "over_capacity": segments[index]["over_capacity"],
+        }
+        for index, (start, end) in enumerate(zip(starts, ends, strict=True))
+        if index > 0
+    ]
     overall = result.summary["overall"]
     return {
         "study": "large",
         "scenario": scenario.name,
         "duration_s": config.duration_s,
-        "cluster_backends": int(sim.get("cluster_backends", 100)),
+        "cluster_backends": cluster,
+        "load_scale": config.scale,
+        "host": _host_summary(config),
         "overall": overall,
+        "by_capacity": _bad_by_capacity(metrics, segments, config.warmup_s, seconds),
+        "apps": _by_app(metrics, dict(sim.get("apps", {})), segments, simulation.replans, config.warmup_s, seconds),
         # Top-level requests (session requests and whole queries) and every inference request a backend
         # answered (query stages counted one by one).
         "requests_simulated": metrics.served_total,
@@ -284,14 +347,17 @@ def large(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict
         "query_stages": result.summary["query_stages"],
         "backends_max": max(simulation.backend_series, default=0),
         "backends_min": min(simulation.backend_series, default=0),
+        "plan_backends_max": max((r["backends"] for r in simulation.replans), default=plan.num_backends),
+        "segments": segments,
         "steps": steps,
         "max_recovery_s": max((s["recovery_s"] for s in steps), default=0.0),
+        "max_recovery_s_under_capacity": max((s["recovery_s"] for s in steps if not s["over_capacity"]), default=0.0),
         "replans": simulation.replans,
         "series": {
             "tick_s": 1.0,
-            "sent": metrics.sent_series[: int(config.duration_s)].tolist(),
-            "bad_rate_1s": one_second[: int(config.duration_s)],
-            "bad_rate_10s": ten_seconds[: int(config.duration_s)],
+            "sent": metrics.sent_series[:seconds].tolist(),
+            "bad_rate_1s": one_second[:seconds],
+            "bad_rate_10s": ten_seconds[:seconds],
             "backends": simulation.backend_series,
             "utilization": simulation.utilization_series,
         },
@@ -300,6 +366,97 @@ def large(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict
             "factors": list(config.rate_schedule.factors),
         },
         "paper": {"bad_rate": 0.0027, "detect_s": 12},
+    }
+
+
+def _bad_by_capacity(
+    metrics: Metrics,
+    segments: list[dict[str, Any]],
+    warmup_s: float,
+    seconds: int,
+    sources: list[int] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Requests sent and bad (by send time, after the warm-up) in the load steps under and over capacity,
+    of ``sources`` (None: every source)."""
+    rows = slice(None) if sources is None else sources
+    sent = metrics.source_sent_series[rows, :seconds].sum(axis=0)
+    bad = metrics.source_bad_series[rows, :seconds].sum(axis=0)
+    out = {}
+    for label, over in (("under_capacity", False), ("over_capacity", True)):
+        mask = np.zeros(len(sent), dtype=bool)
+        for segment in segments:
+            if segment["over_capacity"] == over:
+                mask[math.ceil(max(segment["start_s"], warmup_s)) : int(segment["end_s"])] = True
+        total, failed = int(sent[mask].sum()), int(bad[mask].sum())
+        out[label] = {
+            "seconds": int(mask.sum()),
+            "sent": total,
+            "bad": failed,
+            "bad_rate": round(failed / total, 6) if total else None,
+        }
+    return out
+
+
+def _by_app(
+    metrics: Metrics,
+    apps: Mapping[str, Any],
+    segments: list[dict[str, Any]],
+    replans: list[dict[str, Any]],
+    warmup_s: float,
+    seconds: int,
+) -> dict[str, dict[str, Any]]:
+    """Per app (its sources by name prefix): totals, overall and under / over capacity, its 10 s bad rate
+    over time and its recovery after each load step."""
+    out = {}
+    factors = tuple(segment["factor"] for segment in segments)
+    for app, prefixes in apps.items():
+        sources = [i for i, name in enumerate(metrics.names) if any(name.startswith(p) for p in prefixes)]
+        if not sources:
+            continue
+        totals = metrics.totals(sources)
+        ten_seconds = _window_bad_rate(
+            metrics.source_sent_series[sources].sum(axis=0), metrics.source_bad_series[sources].sum(axis=0), 10
+        )
+        steps = [
+            {
+                **_recovery(segment["start_s"], segment["end_s"], ten_seconds, replans, factors, index),
+                "over_capacity": segment["over_capacity"],
+            }
+            for index, segment in enumerate(segments)
+            if index > 0
+        ]
+        out[str(app)] = {
+            "sources": len(sources),
+            "sent": totals["sent"],
+            "bad_rate": totals["bad_rate"],
+            "p99_ms": totals["p99_ms"],
+            **_bad_by_capacity(metrics, segments, warmup_s, seconds, sources),
+            "steps": steps,
+            "max_recovery_s_under_capacity": max(
+                (step["recovery_s"] for step in steps if not step["over_capacity"]), default=0.0
+            ),
+            "bad_rate_10s": ten_seconds[:seconds],
+        }
+    return out
+
+
+def _window_bad_rate(sent: np.ndarray, bad: np.ndarray, window: int) -> list[float | None]:
+    """Bad rate over the last ``window`` seconds, per second (None where nothing was sent): as
+    ``Metrics.bad_rate_series``, for a group of sources."""
+    kernel = np.ones(window, dtype=np.int64)
+    sent_sum = np.convolve(sent, kernel)[: len(sent)]
+    bad_sum = np.convolve(bad, kernel)[: len(bad)]
+    return [round(b / n, 6) if n else None for b, n in zip(bad_sum.tolist(), sent_sum.tolist(), strict=True)]
+
+
+def _host_summary(config: SimConfig) -> dict[str, Any] | None:
+    host = config.host
+    if host is None:
+        return None
+    return {
+        "cores_per_backend": host.cores,
+        "frontend_ms": host.costs.frontend_ms,
+        "requests_per_frame": host.requests_per_frame,
     }
 
 
@@ -346,6 +503,7 @@ def _recovery(
         "to_factor": factors[index],
         "peak_bad_rate_10s": round(max(values, default=0.0), 6),
         "recovery_s": float(recovered),
+        "recovered": recovered < len(values),  # False: still at 1% or more when the next step came
         "first_replan_after_s": None if detect is None else round(detect, 3),
     }
 
@@ -377,7 +535,8 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
             arrivals = Arrivals.poisson() if cv == 1.0 else Arrivals.gamma(cv)
             config = sim_config(app, options, arrivals=arrivals)
             for system in ("squishy", *baselines):
-                spec = ProbeSpec(app.workload, app.profiles, system, config, cluster)
+                profiles = system_profiles(system, app.profiles, config)
+                spec = ProbeSpec(app.workload, profiles, system, config, cluster)
                 jobs.append((_search_job, spec, initial_scale(system, start)))
                 keys.append((app.name, cv, system))
             if cv != 1.0:
@@ -425,6 +584,7 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
             )
             rows.append(row)
         out[app.name] = {
+            "host": _host_summary(sim_config(app, options)),
             "poisson_99_scale": poisson["scale"],
             "poisson_99_rate": poisson["throughput"],
             "plan_headroom": plan_headroom,
@@ -475,8 +635,9 @@ def single_run(scenario: Scenario, options: StudyOptions, progress: Progress) ->
     control = ControlConfig.from_dict(sim["control"]) if sim.get("control") else None
     config = sim_config(scenario, options, control=control, scale=float(sim.get("scale", 1.0)))
     cluster = sim.get("cluster_backends")
-    plan = plan_for(SYSTEMS[system], scenario.workload.scaled(config.scale), scenario.profiles, cluster)
-    simulation = Simulation(scenario.workload, scenario.profiles, plan, system, config)
+    profiles = system_profiles(system, scenario.profiles, config)
+    plan = plan_for(SYSTEMS[system], scenario.workload.scaled(config.scale), profiles, cluster)
+    simulation = Simulation(scenario.workload, profiles, plan, system, config)
     result = simulation.run()
     progress(1)
     return {
