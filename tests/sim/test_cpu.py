@@ -11,10 +11,18 @@ from squishy.sim.engine import Engine
 
 def test_a_host_pool_serves_first_come_first_served_on_its_cores():
     pool = HostPool(2)
-    starts = pool.serve(np.array([0.0, 0.0, 0.0, 1.0, 10.0]), np.array([4.0, 4.0, 4.0, 1.0, 1.0]))
+    never = np.full(5, np.inf)
+    starts = pool.serve(np.array([0.0, 0.0, 0.0, 1.0, 10.0]), np.array([4.0, 4.0, 4.0, 1.0, 1.0]), never)
     # Two cores: the third job waits for the first free core (4 ms), the fourth for the next (4 ms).
     assert starts.tolist() == [0.0, 0.0, 4.0, 4.0, 10.0]
     assert pool.busy_ms == 14.0
+
+
+def test_a_job_that_cannot_start_in_time_is_shed_without_taking_a_core():
+    pool = HostPool(1)
+    starts = pool.serve(np.array([0.0, 0.0, 0.0]), np.array([5.0, 5.0, 5.0]), np.array([10.0, 2.0, 10.0]))
+    assert starts[0] == 0.0 and np.isnan(starts[1]) and starts[2] == 5.0  # the shed job left the core free
+    assert pool.busy_ms == 10.0
 
 
 def run_jobs(cores: float, jobs: list[tuple[str, float, float]]) -> dict[str, float]:

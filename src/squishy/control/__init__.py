@@ -6,7 +6,7 @@ the simulator (simulated clock) run the same rules.
 
 from squishy.control.epochs import EpochPolicy, ReplanReason
 from squishy.control.fitting import DoesNotFit, largest_fitting
-from squishy.control.loop import ControlConfig, ControlLoop, PlanDecision, Planner, PlanRequest, same_layout
+from squishy.control.loop import ControlConfig, ControlLoop, PlanDecision, Planner, PlanRequest
 from squishy.control.rates import RateEstimator
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "RateEstimator",
     "ReplanReason",
     "largest_fitting",
-    "same_layout",
 ]

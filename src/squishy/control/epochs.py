@@ -46,10 +46,21 @@ class EpochPolicy:
         (spare backends put to use) is overloaded only beyond that.
         """
         since = now_s - self.last_replan_s
-        if since >= self.epoch_s:
-            return ReplanReason.EPOCH
-        if since < self.min_interval_s:
+        if since < min(self.epoch_s, self.min_interval_s):
             return None
+        # A rate out of its band names the re-plan even when the epoch is also due: an epoch re-plan is
+        # one made at steady load, and the loop installs those only when they save a backend.
+        out_of_band = self.out_of_band(measured, provisioned, headroom)
+        if out_of_band is not None and since >= self.min_interval_s:
+            return out_of_band
+        if since >= self.epoch_s:
+            return out_of_band or ReplanReason.EPOCH
+        return None
+
+    def out_of_band(
+        self, measured: Mapping[Hashable, float], provisioned: Mapping[Hashable, float], headroom: float = 1.0
+    ) -> ReplanReason | None:
+        """The first session whose measured rate lies outside its band, as a reason; None if all are in."""
         for key, rate in measured.items():
             planned = provisioned.get(key, 0.0)
             if planned <= 0:

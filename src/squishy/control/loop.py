@@ -10,8 +10,8 @@ measured load does not fit, the plan is for the share that does, and early drop 
 
 Stability: a re-plan is due every epoch, or early when a session's rate leaves [low, high] × its
 planned rate (at most once per ``min_interval_s``). The rate estimator jumps on a level shift, so a
-step in load is re-planned for once, not once per 10% of an EWMA's lag. An epoch re-plan whose plan
-has the running plan's layout and nearly its rates is not installed: nothing would change.
+step in load is re-planned for once, not once per 10% of an EWMA's lag. An epoch re-plan (every rate
+still within its band) is installed only when it frees a backend: moves at constant load buy nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from squishy.control.epochs import EpochPolicy, ReplanReason
 from squishy.control.fitting import DoesNotFit, largest_fitting
 from squishy.control.rates import RateEstimator
 from squishy.scheduler import Plan
-
-# An epoch re-plan is skipped when the new plan has the same layout and every allocation's rate is
-# within this share of the running plan's.
-SAME_RATE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -159,10 +155,13 @@ class ControlLoop:
         return PlanDecision(request, fresh, scale, True)
 
     def worth_installing(self, decision: PlanDecision) -> bool:
-        """False for an epoch re-plan that would change nothing that matters (same layout, rates close)."""
+        """Whether to install a plan. A re-plan a trigger asked for (load left its band, a session came or
+        went) is installed; an epoch re-plan, made while every rate is within its band, only when it frees
+        a backend (consolidation): moving sessions around at constant load costs model loads and buys
+        nothing."""
         if self.plan is None or decision.request.reason != ReplanReason.EPOCH:
             return True
-        return not same_layout(self.plan, decision.plan, SAME_RATE_SHARE)
+        return decision.plan.num_backends < self.plan.num_backends
 
     def installed(self, decision: PlanDecision) -> None:
         self.plan = decision.plan
@@ -181,24 +180,3 @@ class ControlLoop:
         """No plan runs (every session unloaded)."""
         self.plan = None
         self.planned = {}
-
-
-def same_layout(current: Plan, new: Plan, rate_share: float) -> bool:
-    """Same backends running the same sessions at the same batch sizes and duty cycles, and every
-    allocation's rate within ``rate_share`` of the current one."""
-    if len(current.backends) != len(new.backends):
-        return False
-    for old, fresh in zip(current.backends, new.backends, strict=True):
-        if old.backend_id != fresh.backend_id or len(old.allocations) != len(fresh.allocations):
-            return False
-        if (old.duty_cycle_ms is None) != (fresh.duty_cycle_ms is None):
-            return False
-        old_cycle, new_cycle = old.duty_cycle_ms or 0.0, fresh.duty_cycle_ms or 0.0
-        if abs(old_cycle - new_cycle) > 1e-6 * max(old_cycle, 1.0):
-            return False
-        for a, b in zip(old.allocations, fresh.allocations, strict=True):
-            if a.key != b.key or a.batch != b.batch:
-                return False
-            if abs(a.rate - b.rate) > rate_share * max(a.rate, 1e-9):
-                return False
-    return True

@@ -162,6 +162,7 @@ class SimBackend:
     wake_ms: float = float("inf")  # when the pending wake-up event fires (inf: none)
     version: int = 0  # bumps invalidate older wake-up events
     retired: bool = False
+    loading: bool = False  # a new device loading its models (a capped cluster's re-plan)
     busy_ms: float = 0.0
     timeouts: bool = True  # a dispatch rule may wake it without an arrival (False: none of its rules does)
 

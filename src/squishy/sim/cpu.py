@@ -42,17 +42,25 @@ class HostPool:
         self._free_ms = [0.0] * cores  # a heap of the times each core becomes free
         self.busy_ms = 0.0
 
-    def serve(self, arrivals_ms: np.ndarray, work_ms: np.ndarray) -> np.ndarray:
-        """Start times of jobs arriving at ``arrivals_ms`` (ascending) that need ``work_ms`` each."""
+    def serve(self, arrivals_ms: np.ndarray, work_ms: np.ndarray, latest_start_ms: np.ndarray) -> np.ndarray:
+        """Start times of jobs arriving at ``arrivals_ms`` (ascending) that need ``work_ms`` each; NaN for a
+        job that could not start by its ``latest_start_ms``: it is answered at once and takes no core
+        (a host that kept working on requests already lost would never catch up after an overload)."""
         free = self._free_ms
         starts = np.empty(len(arrivals_ms))
         replace = heapq.heapreplace
-        for index, (arrival, work) in enumerate(zip(arrivals_ms.tolist(), work_ms.tolist(), strict=True)):
+        busy = 0.0
+        jobs = zip(arrivals_ms.tolist(), work_ms.tolist(), latest_start_ms.tolist(), strict=True)
+        for index, (arrival, work, latest) in enumerate(jobs):
             earliest = free[0]
             start = arrival if arrival > earliest else earliest
+            if start > latest:
+                starts[index] = math.nan
+                continue
             replace(free, start + work)
             starts[index] = start
-        self.busy_ms += float(work_ms.sum())
+            busy += work
+        self.busy_ms += busy
         return starts
 
 

@@ -350,6 +350,7 @@ class Simulation:
         self.pending_plan: Plan | None = None
         self._exact = _Exact()
         self._installing = False
+        self._loading_until_ms: float | None = None  # a capped cluster's added backends load until then
         # Host CPU: a pool per cluster node, or one shared CPU for the machine.
         self.pools: dict[int, HostPool] = {}
         self._collecting: dict[int, list[tuple[Any, ...]]] | None = None
@@ -718,13 +719,20 @@ class Simulation:
                 [np.full(len(d[2]), self._ready_after(self.classes[d[1]])) for d in deliveries]
             )
             which = np.concatenate([np.full(len(d[2]), i) for i, d in enumerate(deliveries)])
+            # A request whose pre-processing could not end by its deadline is not worth starting.
+            latest = np.concatenate([d[3] for d in deliveries]) - ready_after
             order = np.argsort(arrivals, kind="stable")
             starts = np.empty(len(arrivals))
-            starts[order] = self._pool(backend_id).serve(arrivals[order], work[order])
+            starts[order] = self._pool(backend_id).serve(arrivals[order], work[order], latest[order])
             ready = starts + ready_after
             for index, (target, _, _, deadlines, tags) in enumerate(deliveries):
                 mine = which == index
-                self._enqueue(target, ready[mine], deadlines, tags)
+                shed = np.isnan(ready[mine])
+                if shed.any():
+                    self._dropped(deadlines[shed], tags[shed])
+                    self._enqueue(target, ready[mine][~shed], deadlines[~shed], tags[~shed])
+                else:
+                    self._enqueue(target, ready[mine], deadlines, tags)
 
     def _ready_after(self, cls: RequestClass) -> float:
         """From the start of a request's host work to its joining the device queue."""
@@ -734,6 +742,8 @@ class Simulation:
     def _enqueue(
         self, target: tuple[SimBackend, Slot], arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray
     ) -> None:
+        if len(tags) == 0:
+            return
         backend, slot = target
         slot.payload.add_pending(arrivals, deadlines, tags)
         first = float(arrivals.min())
@@ -1212,6 +1222,13 @@ class Simulation:
         moved, added, released = plan_changes(self.plan, decision.plan)
         self.control.installed(decision)
         delay = self.config.model_load_ms if (moved or added) else 0.0
+        devices = len({b.backend_id for b in self.plan.backends} | {b.backend_id for b in decision.plan.backends})
+        capacity = self.control.capacity
+        if delay and capacity is not None and devices > capacity:
+            # Make before break needs devices the cluster does not have: switch now, and the added
+            # backends load their models before they run anything (requests queue meanwhile).
+            self._loading_until_ms = now + delay
+            delay = 0.0
         self.replans.append(
             {
                 "time_s": round(now / 1000.0, 3),
@@ -1229,7 +1246,23 @@ class Simulation:
 
     def _switch(self, plan: Plan) -> None:
         self.pending_plan = None
+        before = set(self.backends)
         self._install(plan)
+        loading_until = self._loading_until_ms
+        self._loading_until_ms = None
+        if loading_until is None:
+            return
+        for backend_id, backend in self.backends.items():
+            if backend_id not in before and backend.inflight is None:
+                backend.turn.busy = True  # loading its models: takes no turn until loaded
+                backend.loading = True
+                self.engine.schedule(loading_until, PRIORITY_SWITCH, self._loaded, backend)
+
+    def _loaded(self, backend: SimBackend) -> None:
+        backend.turn.busy = False
+        backend.loading = False
+        if backend.node is not None and not backend.retired:
+            self._settle(backend.node, backend)
 
     # ---------------------------------------------------------------------------------- run
     def run(self) -> SimResult:
