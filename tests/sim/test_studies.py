@@ -9,7 +9,9 @@ import pytest
 
 from squishy.cli import main
 from squishy.sim.scenario import load_scenario, shipped_scenarios
-from squishy.sim.studies import StudyOptions, run_study, sim_config, system_profiles
+from squishy.sim.simulation import Simulation
+from squishy.sim.studies import StudyOptions, run_study, sim_config
+from squishy.sim.systems import SYSTEMS, plan_for, planning_profiles
 
 STUDIES = ["drop-policy", "game", "traffic", "traffic-offpeak", "optimality", "large", "bursty"]
 
@@ -75,10 +77,19 @@ def test_quick_large_keeps_to_its_cluster_and_splits_the_bad_rate_by_capacity():
 def test_every_system_pays_pre_processing_per_frame_as_the_scenario_declares():
     scenario = load_scenario("game")
     config = sim_config(scenario, StudyOptions())
-    assert config.host is not None and config.host.requests_per_frame == 3 and config.host.cores == 8
-    # Overlapping systems keep the frame's 10 ms (its latency); the simulator charges a third of it to
-    # the host cores. The others run each request's third on the device's thread.
-    assert system_profiles("squishy", scenario.profiles, config)["lenet_01"].preprocess_ms == 10.0
+    lenet = scenario.profiles["lenet_01"]
+    assert config.host is not None and config.host.cores == 8
+    assert lenet.requests_per_frame == 3 and lenet.processing_share_ms == pytest.approx(10 / 3)
+    plan = plan_for(SYSTEMS["squishy"], scenario.workload, scenario.profiles, 16, config.host)
+    # Overlapping systems: the frame's whole 10 ms is on the request's path (its latency), and the host
+    # cores pay the frontend's 0.3 ms plus a third of the frame's pre-processing per request.
+    squishy = Simulation(scenario.workload, scenario.profiles, plan, "squishy", config)
+    assert squishy.classes[0].pre_ms == 10.0
+    assert squishy.classes[0].host_work_ms == pytest.approx(0.3 + 10 / 3)
+    # The others run each request's third on the device's thread, and plan with it.
     for system in ("clipper", "tf-serving", "no-overlap"):
-        assert system_profiles(system, scenario.profiles, config)["lenet_01"].preprocess_ms == pytest.approx(10 / 3)
+        other = Simulation(scenario.workload, scenario.profiles, plan, system, config)
+        assert other.classes[0].host_work_ms == pytest.approx(0.3)
+        device = planning_profiles(SYSTEMS[system], scenario.profiles)["lenet_01"]
+        assert device.batch_latency_ms(4) == pytest.approx(lenet.batch_latency_ms(4) + 4 * 10 / 3)
     assert load_scenario("drop-policy").simulation.get("host") is None

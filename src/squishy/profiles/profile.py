@@ -110,6 +110,8 @@ class Profile:
     memory_mb: Mapping[int, float] = field(default_factory=dict)
     preprocess_ms: float = 0.0
     postprocess_ms: float = 0.0
+    # Pre/post-processing is per frame, shared by this many requests (a game frame feeds 3 recognizers).
+    requests_per_frame: float = 1.0
     source: str = ""
     interpolate: bool = False
     # Human-readable record of what cleaning changed relative to the file.
@@ -163,6 +165,9 @@ class Profile:
         memory = _as_batch_map(data.get("memory_mb"), "memory_mb", model)
         pre = cls._non_negative(data, "preprocess_ms", model)
         post = cls._non_negative(data, "postprocess_ms", model)
+        per_frame = data.get("requests_per_frame", 1.0)
+        if isinstance(per_frame, bool) or not isinstance(per_frame, int | float) or not per_frame >= 1:
+            raise ProfileError(f"profile {model!r}: requests_per_frame must be a number >= 1, got {per_frame!r}")
         known = {
             "model",
             "device",
@@ -172,6 +177,7 @@ class Profile:
             "memory_mb",
             "preprocess_ms",
             "postprocess_ms",
+            "requests_per_frame",
             "source",
             "interpolate",
             "alpha_ms",
@@ -189,6 +195,7 @@ class Profile:
             memory_mb=memory,
             preprocess_ms=pre,
             postprocess_ms=post,
+            requests_per_frame=float(per_frame),
             source=str(data.get("source", source_hint)),
             interpolate=interpolate,
             changes=tuple(changes),
@@ -244,6 +251,8 @@ class Profile:
             out["preprocess_ms"] = self.preprocess_ms
         if self.postprocess_ms:
             out["postprocess_ms"] = self.postprocess_ms
+        if self.requests_per_frame != 1.0:
+            out["requests_per_frame"] = self.requests_per_frame
         if self.interpolate:
             out["interpolate"] = True
         if self.source:
@@ -313,6 +322,11 @@ class Profile:
         if not self.std_ms:
             return 0.0
         return self._interpolated(self.std_ms, batch, extrapolate=True)
+
+    @property
+    def processing_share_ms(self) -> float:
+        """Pre/post-processing CPU one request carries: its frame's, shared by the frame's requests."""
+        return (self.preprocess_ms + self.postprocess_ms) / self.requests_per_frame
 
     # ---------------------------------------------------------------------------------- derivations
     def with_margin(self, inflation: float = 1.0, std_multiplier: float = 0.0) -> Profile:

@@ -54,7 +54,7 @@ def host_ms(profile: Profile, settings: Settings) -> float:
     a host kept 100% busy queues without bound."""
     if settings.host_cores <= 0:
         return 0.0
-    return settings.frontend_ms + (profile.preprocess_ms + profile.postprocess_ms) / settings.requests_per_frame
+    return settings.frontend_ms + profile.processing_share_ms
 
 
 def host_limited(profile: Profile, per_request_ms: float, cores: float) -> Profile:

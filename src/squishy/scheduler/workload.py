@@ -59,11 +59,10 @@ class Settings:
     # Time step of query analysis's dynamic program; 0 picks one (1 ms, coarser for very long SLOs).
     query_step_ms: float = 0.0
     # Host CPU per backend (a GPU server's cores), when it can limit a backend: each request costs
-    # ``frontend_ms`` plus its share of pre/post-processing (per frame: 1/``requests_per_frame`` of it).
+    # ``frontend_ms`` plus its share of pre/post-processing (``Profile.processing_share_ms``).
     # 0 cores: the host is not a constraint.
     host_cores: float = 0.0
     frontend_ms: float = 0.0
-    requests_per_frame: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> Settings:
@@ -71,7 +70,7 @@ class Settings:
         if not isinstance(data, Mapping):
             raise WorkloadError("settings must be a mapping")
         known = {"network_ms", "profile_inflation", "std_multiplier", "query_step_ms", "host_cores", "frontend_ms"}
-        unknown = set(data) - known - {"requests_per_frame"}
+        unknown = set(data) - known
         if unknown:
             raise WorkloadError(f"settings: unknown key(s) {', '.join(sorted(unknown))}")
         return cls(
@@ -83,9 +82,6 @@ class Settings:
             query_step_ms=_number(data.get("query_step_ms", 0.0), "settings.query_step_ms", minimum=0),
             host_cores=_number(data.get("host_cores", 0.0), "settings.host_cores", minimum=0),
             frontend_ms=_number(data.get("frontend_ms", 0.0), "settings.frontend_ms", minimum=0),
-            requests_per_frame=_number(
-                data.get("requests_per_frame", 1.0), "settings.requests_per_frame", minimum=0, strict=True
-            ),
         )
 
 

@@ -53,7 +53,7 @@ def probe(spec: ProbeSpec, scale: float, seed: int | None = None) -> dict[str, A
     system = SYSTEMS[spec.system]
     scaled = spec.workload.scaled(scale * spec.plan_headroom)
     try:
-        plan = plan_for(system, scaled, spec.profiles, spec.cluster_backends)
+        plan = plan_for(system, scaled, spec.profiles, spec.cluster_backends, config.host)
     except DoesNotFit:
         return {"scale": scale, "fits": False, "good_rate": 0.0, "backends": None}
     result = Simulation(spec.workload, spec.profiles, plan, system, config).run()

@@ -44,7 +44,7 @@ from squishy.sim.backend import CLASS_BITS, CLASS_MASK, ExecModel, InFlight, Sha
 from squishy.sim.cpu import HostPool, SharedCpu
 from squishy.sim.engine import PRIORITY_ARRIVALS, PRIORITY_BACKEND, PRIORITY_CONTROL, PRIORITY_SWITCH, Engine
 from squishy.sim.metrics import Metrics
-from squishy.sim.systems import SYSTEMS, SystemSpec, planning_profiles
+from squishy.sim.systems import SYSTEMS, SystemSpec, planning_profiles, planning_workload
 
 # A sampled batch latency is never below this share of its mean (a normal tail must not go negative).
 MIN_LATENCY_SHARE = 0.1
@@ -90,7 +90,6 @@ class HostSpec:
     cores: float
     costs: RequestCosts = field(default_factory=RequestCosts)  # every model's, unless ``per_model`` says
     per_model: Mapping[str, RequestCosts] = field(default_factory=dict)
-    requests_per_frame: float = 1.0  # pre/post-processing is per frame: each request carries 1/this of it
 
     def costs_for(self, model: str) -> RequestCosts:
         return self.per_model.get(model, self.costs)
@@ -100,7 +99,7 @@ class HostSpec:
         """The host the planner was told about (``Settings.host_cores``), or None when it was told none."""
         if settings.host_cores <= 0:
             return None
-        return cls(settings.host_cores, RequestCosts(frontend_ms=settings.frontend_ms), {}, settings.requests_per_frame)
+        return cls(settings.host_cores, RequestCosts(frontend_ms=settings.frontend_ms))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HostSpec:
@@ -160,6 +159,7 @@ class RequestClass:
     slo_ms: float  # the session's SLO, or the query's end-to-end SLO
     pre_ms: float
     post_ms: float
+    share_ms: float  # host CPU of pre/post-processing per request: its share of its frame's
     query: int = -1  # index into the workload's queries, -1 for a plain session
     stage_name: str = ""
     children: list[tuple[int, float]] = field(default_factory=list)  # (class index, gamma)
@@ -327,6 +327,9 @@ class Simulation:
             raise ValueError(f"too many request classes ({len(self.classes)}) for the tag encoding")
         # The simulated machines' host CPU: as configured, or as the workload tells the planner.
         self.host = cfg.host if cfg.host is not None else HostSpec.from_settings(workload.settings)
+        if not self.exact:
+            # Re-plans and burst limits see the host as this system's planner does.
+            self.workload = workload = planning_workload(self.system, workload, self.host)
         if self.host is not None:
             for cls in self.classes:
                 cls.host_work_ms = self._host_work(cls)
@@ -396,6 +399,7 @@ class Simulation:
             slo_ms=slo_ms,
             pre_ms=profile.preprocess_ms,
             post_ms=profile.postprocess_ms,
+            share_ms=profile.processing_share_ms,
             query=query,
             stage_name=stage_name,
         )
@@ -404,14 +408,14 @@ class Simulation:
 
     def _host_work(self, cls: RequestClass) -> float:
         """Host CPU (ms) one request of ``cls`` costs where it enters: the frontend's handling, and, when
-        the system overlaps it, its share of pre/post-processing (per frame: 1/requests_per_frame of it).
+        the system overlaps it, its share of its frame's pre/post-processing (``processing_share_ms``).
         A query's stages are charged at its root, with each stage's expected count (the product of the
         fan-outs above it): their crops and post-processing run on the machine that holds the frame."""
         host = self.host
         assert host is not None
         own = host.costs_for(cls.model).frontend_ms
         if self.overlap:
-            own += (cls.pre_ms + cls.post_ms) / host.requests_per_frame
+            own += cls.share_ms
         return own + sum(gamma * self._host_work(self.classes[child]) for child, gamma in cls.children)
 
     def _pool(self, backend_id: int) -> HostPool:
@@ -433,7 +437,7 @@ class Simulation:
             trunk = self.profiles[allocation.model]
             member_profiles = [self.profiles[m] for m in members]
             if not self.overlap:
-                per_request = max(p.preprocess_ms + p.postprocess_ms for p in member_profiles)
+                per_request = max(p.processing_share_ms for p in member_profiles)
             size = trunk.max_batch
             trunk_ms = _table(trunk, size)
             suffixes = tuple(np.maximum(0.0, _table(p, size) - trunk_ms) for p in member_profiles)
@@ -443,7 +447,7 @@ class Simulation:
         else:
             profile = self.profiles[allocation.model]
             if not self.overlap:
-                per_request = profile.preprocess_ms + profile.postprocess_ms
+                per_request = profile.processing_share_ms
             size = profile.max_batch
             table = _table(profile, size) + np.arange(size + 1) * per_request
             table[0] = 0.0
@@ -824,7 +828,7 @@ class Simulation:
         now = self.engine.now_ms
         if not self.exact:
             node.absorb(now)
-        by_turn = {id(b.turn): b for b in node.backends}
+        by_turn = node.by_turn
         for turn in node.machine.settle(now, first.turn if first is not None else None):
             for _, items in turn.dropped:
                 self._dropped(items.deadlines_ms, items.tags)

@@ -28,7 +28,7 @@ from squishy.sim.metrics import Metrics
 from squishy.sim.scenario import Scenario, load_scenario
 from squishy.sim.search import GOOD_TARGET, ProbeSpec, max_good_scale, parallel_map, probe
 from squishy.sim.simulation import HostSpec, SimConfig, Simulation
-from squishy.sim.systems import FILL_TOLERANCE, SYSTEMS, plan_for
+from squishy.sim.systems import FILL_TOLERANCE, SYSTEMS, plan_for, planning_workload
 
 Progress = Callable[[int], None]  # called with the number of jobs just finished
 
@@ -56,21 +56,6 @@ def sim_config(scenario: Scenario, options: StudyOptions, **overrides: Any) -> S
     if options.quick:
         config = replace(config, duration_s=min(config.duration_s, 2.5), warmup_s=min(config.warmup_s, 0.5))
     return replace(config, **overrides)
-
-
-def system_profiles(system: str, profiles: Mapping[str, Profile], config: SimConfig) -> dict[str, Profile]:
-    """The profiles ``system`` runs with. Pre/post-processing is charged per frame: with host CPU modelled,
-    a system that overlaps it pays each request's share, (pre + post) / requests_per_frame, on the host
-    cores (the simulator does that); a system that does not overlap it pays the same share on the
-    device's thread, so its profiles carry that share (the simulator charges them per request)."""
-    host = config.host
-    if host is None or SYSTEMS[system].overlap or host.requests_per_frame == 1.0:
-        return dict(profiles)
-    share = 1.0 / host.requests_per_frame
-    return {
-        model: replace(p, preprocess_ms=p.preprocess_ms * share, postprocess_ms=p.postprocess_ms * share)
-        for model, p in profiles.items()
-    }
 
 
 def base_rate(workload: Workload) -> float:
@@ -184,7 +169,7 @@ def throughput(scenario: Scenario, options: StudyOptions, progress: Progress) ->
     jobs = [
         (
             _search_job,
-            ProbeSpec(scenario.workload, system_profiles(system, scenario.profiles, config), system, config, cluster),
+            ProbeSpec(scenario.workload, scenario.profiles, system, config, cluster),
             initial_scale(system, start),
         )
         for system in systems
@@ -233,12 +218,13 @@ def optimality(scenario: Scenario, options: StudyOptions, progress: Progress) ->
     out = {}
     for app, search in zip(loaded, searches, strict=True):
         scale = search["scale"]
-        workload = app.workload.scaled(scale)
+        told = planning_workload(SYSTEMS["squishy"], app.workload, sim_config(app, options).host)
+        workload = told.scaled(scale)
         plan = make_plan(workload, app.profiles)
         raw = make_plan(replace(workload, settings=replace(workload.settings, profile_inflation=1.0)), app.profiles)
         sweep = []
         for share in np.linspace(0.1, 1.0, 10 if not options.quick else 3).tolist():
-            point = make_plan(app.workload.scaled(scale * share), app.profiles)
+            point = make_plan(told.scaled(scale * share), app.profiles)
             sweep.append(
                 {
                     "scale": round(scale * share, 6),
@@ -275,7 +261,7 @@ def large(scenario: Scenario, options: StudyOptions, progress: Progress) -> dict
         factors = config.rate_schedule.factors[:2]
         starts = (0.0, min(config.rate_schedule.starts_s[1] if len(factors) > 1 else 2.0, 2.0))[: len(factors)]
         config = replace(config, duration_s=4.0, rate_schedule=RateSchedule(starts, factors))
-    workload = scenario.workload
+    workload = planning_workload(SYSTEMS["squishy"], scenario.workload, config.host)
     initial_rates = workload.scaled(config.scale * config.rate_schedule.factor_at(0.0) * control.max_headroom)
     # The first plan, for the largest share of the initial load that fits the cluster (as plan_for
     # makes it), and that share as the re-plans report theirs (1: all of it).
@@ -456,7 +442,6 @@ def _host_summary(config: SimConfig) -> dict[str, Any] | None:
     return {
         "cores_per_backend": host.cores,
         "frontend_ms": host.costs.frontend_ms,
-        "requests_per_frame": host.requests_per_frame,
     }
 
 
@@ -535,7 +520,7 @@ def bursty(scenario: Scenario, options: StudyOptions, progress: Progress) -> dic
             arrivals = Arrivals.poisson() if cv == 1.0 else Arrivals.gamma(cv)
             config = sim_config(app, options, arrivals=arrivals)
             for system in ("squishy", *baselines):
-                profiles = system_profiles(system, app.profiles, config)
+                profiles = app.profiles
                 spec = ProbeSpec(app.workload, profiles, system, config, cluster)
                 jobs.append((_search_job, spec, initial_scale(system, start)))
                 keys.append((app.name, cv, system))
@@ -635,8 +620,8 @@ def single_run(scenario: Scenario, options: StudyOptions, progress: Progress) ->
     control = ControlConfig.from_dict(sim["control"]) if sim.get("control") else None
     config = sim_config(scenario, options, control=control, scale=float(sim.get("scale", 1.0)))
     cluster = sim.get("cluster_backends")
-    profiles = system_profiles(system, scenario.profiles, config)
-    plan = plan_for(SYSTEMS[system], scenario.workload.scaled(config.scale), profiles, cluster)
+    profiles = scenario.profiles
+    plan = plan_for(SYSTEMS[system], scenario.workload.scaled(config.scale), profiles, cluster, config.host)
     simulation = Simulation(scenario.workload, profiles, plan, system, config)
     result = simulation.run()
     progress(1)
