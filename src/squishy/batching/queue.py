@@ -288,6 +288,10 @@ class ArrayItems:
         return cls(_EMPTY_F, _EMPTY_F, _EMPTY_I)
 
 
+# Shared by the fast paths that drop nothing; its arrays are empty, so no caller can change it.
+_NO_ITEMS = ArrayItems.empty()
+
+
 @dataclass(slots=True)
 class ArrayDecision:
     batch: ArrayItems  # run these together, in this order
@@ -443,7 +447,7 @@ class ArraySessionQueue:
             end = start + window_length(sizes[start:].tolist(), max_batch) if start < count else count
         cut, last = head + start, head + end
         self._head = last
-        dropped = self._slice(head, cut)
+        dropped = self._slice(head, cut) if start else _NO_ITEMS
         batch = self._slice(cut, last)
         self._inputs -= dropped.inputs + batch.inputs
         return ArrayDecision(batch, dropped)
@@ -452,21 +456,24 @@ class ArraySessionQueue:
         """``SessionQueue.sweep``: drop what this policy already knows it will drop, so the client hears at
         once (early: could not finish even alone if started now; lazy: expired; none: nothing)."""
         if self.drop is DropPolicy.NONE or len(self) == 0:
-            return ArrayItems.empty()
+            return _NO_ITEMS
         if self.drop is DropPolicy.LAZY:
             return self.expire(now_ms)
         head = self._head
-        deadlines = self._deadlines[head:]
         if self._sizes is None and self._priorities is None:
-            cut = int(deadlines.searchsorted(now_ms + self.latency.latency_ms(1), side="left"))
+            hopeless_before = now_ms + self.latency.latency_ms(1)
+            if self._deadlines[head] >= hopeless_before:
+                return _NO_ITEMS  # the earliest deadline still allows a batch of one: nothing to drop
+            cut = int(self._deadlines[head:].searchsorted(hopeless_before, side="left"))
             return self._take_prefix(cut)
+        deadlines = self._deadlines[head:]
         sizes = np.ones(len(deadlines), dtype=np.int64) if self._sizes is None else self._sizes[head:]
         return self._remove(deadlines < now_ms + self.latency.latencies_ms(sizes))
 
     def expire(self, now_ms: float) -> ArrayItems:
         """Drop requests whose deadline has passed (lazy and early policies)."""
         if self.drop is DropPolicy.NONE or len(self) == 0:
-            return ArrayItems.empty()
+            return _NO_ITEMS
         deadlines = self._deadlines[self._head :]
         if self._priorities is None:
             return self._take_prefix(lazy_drop_start(deadlines, now_ms))
@@ -500,7 +507,7 @@ class ArraySessionQueue:
     def _remove(self, doomed: np.ndarray) -> ArrayItems:
         """Remove the queued requests where ``doomed`` (over the live part) is True; the rest keep order."""
         if not doomed.any():
-            return ArrayItems.empty()
+            return _NO_ITEMS
         head = self._head
         keep = ~doomed
         columns = [self._deadlines, self._arrivals, self._tags, self._sizes, self._priorities]

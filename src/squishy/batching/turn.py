@@ -224,6 +224,14 @@ class Machine:
         reach it: ``first`` (where the change happened), then by index, until no backend starts a batch.
         Returns every turn that started a batch or dropped requests; the caller marks the started ones
         busy (``busy`` is set here) and runs them."""
+        if len(self.backends) == 1:  # a device of its own (a cluster node): one look settles it
+            backend = self.backends[0]
+            if backend.busy:
+                return []
+            turn = backend.next(now_ms)
+            if turn.slot is not None:
+                backend.busy = True
+            return [turn] if turn.slot is not None or turn.dropped else []
         out: list[Turn] = []
         order = ([first] if first is not None else []) + [b for b in self.backends if b is not first]
         started = True

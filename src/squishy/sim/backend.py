@@ -186,12 +186,14 @@ class SimNode:
 
     backends: list[SimBackend] = field(default_factory=list)
     machine: Machine = field(init=False)
+    by_turn: dict[int, SimBackend] = field(init=False)  # id of a backend's turn state → the backend
 
     def __post_init__(self) -> None:
         self.rebuild()
 
     def rebuild(self) -> None:
         self.machine = Machine([b.turn for b in self.backends])
+        self.by_turn = {id(b.turn): b for b in self.backends}
         for backend in self.backends:
             backend.node = self
 
