@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from squishy.control import DoesNotFit, EpochPolicy, RateEstimator, ReplanReason, largest_fitting
+from squishy.control.loop import ControlConfig, ControlLoop, PlanRequest
 from squishy.routing import DeficitRoundRobin, pick_by_backlog
 from squishy.scheduler import Backend, Plan
 
@@ -134,3 +135,24 @@ def test_the_fitting_search_finds_the_largest_scale_that_fits():
     assert largest_fitting(plan, 5, start=1.0, upper=1.0) == (1.0, plan(1.0))  # fits: no search
     with pytest.raises(DoesNotFit):
         largest_fitting(lambda s: plan(1000.0), 5)
+
+
+def test_a_plan_with_headroom_is_revised_once_the_load_passes_what_it_was_measured_for():
+    """A server that planned from a low early estimate (2× headroom on spare slots) must not keep that
+    plan's shares and batch sizes when the load settles at twice the estimate."""
+
+    class Planner:
+        def fresh(self, rates):  # one backend per 100 req/s
+            return Plan(tuple(Backend(i, 10.0, ()) for i in range(max(1, math.ceil(sum(rates.values()) / 100)))), 0.0)
+
+        def incremental(self, previous, rates):
+            return self.fresh(rates)
+
+    loop = ControlLoop(ControlConfig(min_interval_s=2.0, max_headroom=2.0), Planner(), capacity=4)
+    request = PlanRequest(ReplanReason.NEW_SESSION, 0.0, {"a": 80.0})  # the first, low estimate
+    decision = loop.plan_for(request)
+    assert decision.headroom == 2.0
+    loop.installed(decision)
+    for second in range(1, 12):
+        loop.record_times("a", np.linspace(second - 1, second, 160, endpoint=False))  # 160 req/s from t = 0
+    assert loop.decide(11.5, ["a"]).reason is ReplanReason.OVERLOAD  # 160 > 1.1 × 80, within 2 × 80 or not

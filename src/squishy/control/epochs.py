@@ -34,23 +34,21 @@ class EpochPolicy:
     last_replan_s: float = 0.0
 
     def due(
-        self,
-        now_s: float,
-        measured: Mapping[Hashable, float],
-        provisioned: Mapping[Hashable, float],
-        headroom: float = 1.0,
+        self, now_s: float, measured: Mapping[Hashable, float], provisioned: Mapping[Hashable, float]
     ) -> ReplanReason | None:
         """Why a re-plan is due now, or None. Call ``replanned(now_s)`` after acting on it.
 
-        ``provisioned`` are the rates the plan was sized for; a plan given ``headroom`` × those rates
-        (spare backends put to use) is overloaded only beyond that.
+        ``provisioned`` are the measured rates the plan was made for. A plan made with headroom (for a
+        multiple of them, on spare backends) still counts as overloaded once the load rises past the band
+        around what was measured: the headroom is for bursts, and a plan made from a low early estimate
+        (a server that just started, a ramp) must not keep its low batch sizes and shares for good.
         """
         since = now_s - self.last_replan_s
         if since < min(self.epoch_s, self.min_interval_s):
             return None
         # A rate out of its band names the re-plan even when the epoch is also due: an epoch re-plan is
         # one made at steady load, and the loop installs those only when they save a backend.
-        out_of_band = self.out_of_band(measured, provisioned, headroom)
+        out_of_band = self.out_of_band(measured, provisioned)
         if out_of_band is not None and since >= self.min_interval_s:
             return out_of_band
         if since >= self.epoch_s:
@@ -58,7 +56,7 @@ class EpochPolicy:
         return None
 
     def out_of_band(
-        self, measured: Mapping[Hashable, float], provisioned: Mapping[Hashable, float], headroom: float = 1.0
+        self, measured: Mapping[Hashable, float], provisioned: Mapping[Hashable, float]
     ) -> ReplanReason | None:
         """The first session whose measured rate lies outside its band, as a reason; None if all are in."""
         for key, rate in measured.items():
@@ -66,7 +64,7 @@ class EpochPolicy:
             if planned <= 0:
                 if rate > 0:
                     return ReplanReason.NEW_SESSION
-            elif rate > self.high_factor * planned * max(headroom, 1.0):
+            elif rate > self.high_factor * planned:
                 return ReplanReason.OVERLOAD
             elif rate < self.low_factor * planned:
                 return ReplanReason.UNDERLOAD

@@ -119,7 +119,7 @@ class ControlLoop:
     def decide(self, now_s: float, keys: Iterable[Hashable]) -> PlanRequest | None:
         """Whether a re-plan is due now, and for which rates."""
         request = self.request(now_s, keys, ReplanReason.EPOCH)
-        reason = self.policy.due(now_s, request.rates, self.planned, self.headroom)
+        reason = self.policy.due(now_s, request.rates, self.planned)
         if reason is None:
             return None
         return PlanRequest(reason, now_s, request.rates)
