@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_control.py [--step-s 18] [--runs 1]
 
-``digits`` (SLO 20 ms) steps 200 → 1,200 → 200 requests/s beside ``resnet18-half`` (SLO 200 ms) at a steady
-40 requests/s, ``--step-s`` seconds per step, Poisson arrivals. Against ``squishy serve`` (ONNX Runtime)
-and against the twin (``squishy.sim.twin``, calibrated by ``bench_twin.py --part calibrate``), this prints
-every plan installed (when, why, for what multiple of the measured load) and each model's share of
-requests within its SLO per step and per 5-second window, so that one can check:
+``digits`` (SLO 20 ms) steps 200 → 1,200 → 200 requests/s beside ``resnet18-half`` (SLO 200 ms) at a
+steady 40 requests/s, served from a repository of these two models, ``--step-s`` seconds per step,
+Poisson arrivals. Against ``squishy serve`` (ONNX Runtime) and against the twin (``squishy.sim.twin``,
+calibrated by ``bench_twin.py --part calibrate``), this prints every plan installed (when, why, for what
+multiple of the measured load) and each model's share of requests within its SLO per step and per
+5-second window, so that one can check:
 - at most two plan installs per load step;
 - no plan sized below the load the slots can carry (a headroom below 1 only when the load does not fit);
 - after the step down, every model back to its pre-step share within SLO within two epochs.
@@ -33,8 +34,10 @@ from squishy.runtime.core import ServingConfig
 from squishy.sim.simulation import RequestTrace
 from squishy.sim.twin import Twin
 
-REPOSITORY = Path("examples/repository")
 RESULTS = Path("results/control")
+# The two models and no others: a model in the repository is planned for (at the floor rate) whether or
+# not it gets traffic, and the twin models exactly these two.
+REPOSITORY = RESULTS / "repository"
 CALIBRATION = Path("results/twin/calibration.json")
 STEPPED, STEADY = "digits", "resnet18-half"
 LEVELS = (200.0, 1200.0, 200.0)
@@ -162,7 +165,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="server runs")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    build_examples(REPOSITORY)
+    build_examples(REPOSITORY, only=(STEPPED, STEADY))
     epoch_s = ServingConfig().epoch_s
     outcome: dict[str, Any] = {"step_s": args.step_s, "levels": LEVELS, "steady_rate": STEADY_RATE}
     outcome["twin"] = twin_run(args.step_s, Calibration.load(CALIBRATION))

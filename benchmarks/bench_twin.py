@@ -21,10 +21,12 @@ of the measured goodput, each model's share within SLO and p50/p99 latency, pred
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,14 @@ class Workload:
     arrivals: Arrivals
     held_out: bool = False
 
+    @property
+    def repository(self) -> Path:
+        """The repository this workload is served from: its models and no others. A model the repository
+        holds is planned for (at the floor rate) whether or not it gets traffic, so the server and the
+        twin must both see exactly the workload's models."""
+        slug = "-".join(sorted(self.mix))
+        return RESULTS / "repositories" / slug
+
 
 WORKLOADS = (
     Workload("resnet18-half alone", {"resnet18-half": 1.0}, Arrivals.poisson()),
@@ -69,7 +79,9 @@ def main() -> None:
     parser.add_argument("--part", choices=("calibrate", "compare"), required=True)
     parser.add_argument("--runs", type=int, default=3, help="real searches per workload (median and spread)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per step (real and twin)")
-    parser.add_argument("--warmup", type=float, default=2.0)
+    # Each real step starts a fresh server, which plans for its first measured rates 2 s in and revises
+    # the plan as its rate estimate settles; the twin predicts the steady state that follows.
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds sent but not counted, per step")
     parser.add_argument("--workloads", default="all", help="comma-separated indices into the workload list, or all")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -100,8 +112,9 @@ def main() -> None:
 
 def compare(workload: Workload, calibration: Calibration, args: argparse.Namespace) -> dict[str, Any]:
     layout = slot_layout()
-    twin = Twin(REPOSITORY, calibration, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
-    ideal = Twin(REPOSITORY, None, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
+    build_examples(workload.repository, only=tuple(workload.mix))
+    twin = Twin(workload.repository, calibration, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
+    ideal = Twin(workload.repository, None, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
     limit = physical_limit(twin)
     print(f"\n== {workload.name}: {', '.join(f'{m} ×{w:.3f}' for m, w in workload.mix.items())}")
     print(f"physical limit of the slots (profiles measured here): {limit:.1f} req/s")
@@ -155,16 +168,21 @@ def _config(workload: Workload, slos: dict[str, float], rate: float, args: argpa
 
 
 def real_search(workload: Workload, slos: dict[str, float], args: argparse.Namespace, start: float, seed: int) -> Any:
-    with start_squishy(REPOSITORY, ["--executor", "onnxruntime"]) as server:
-        config = _config(workload, slos, start, args, server.http_url, seed)
-        # The twin's search: the same grid, tolerance and seeds (scan on ``seed``, confirm on ``seed + 1``).
-        return search(config, SearchSettings(tolerance=0.02, cooldown_s=2.0), isolate=True)
+    @contextlib.contextmanager
+    def fresh_server() -> Iterator[str]:
+        with start_squishy(workload.repository, ["--executor", "onnxruntime"]) as server:
+            yield server.http_url
+
+    config = _config(workload, slos, start, args, "http://127.0.0.1:0", seed)
+    # The twin's search: the same grid, tolerance and seeds (scan on ``seed``, confirm on ``seed + 1``), and,
+    # as each of the twin's probes starts from nothing, each step on a server of its own.
+    return search(config, SearchSettings(tolerance=0.02, cooldown_s=0.0), isolate=True, fresh_server=fresh_server)
 
 
 def real_run(
     workload: Workload, slos: dict[str, float], rate: float, args: argparse.Namespace, seed: int
 ) -> dict[str, dict[str, Any]]:
-    with start_squishy(REPOSITORY, ["--executor", "onnxruntime"]) as server:
+    with start_squishy(workload.repository, ["--executor", "onnxruntime"]) as server:
         result = run(_config(workload, slos, rate, args, server.http_url, seed), isolate=True)
     return {
         model: {"met_fraction": s.met_fraction, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "sent": s.sent}

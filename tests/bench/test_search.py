@@ -3,6 +3,7 @@ is not monotone in the rate; its steps scan, bisect and confirm, and it reports 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -44,6 +45,33 @@ def test_the_search_finds_the_knee_of_a_server_that_sheds_beyond_its_capacity(li
     curve = found.to_dict()["curve"]
     assert len(curve) == len(found.steps) and curve == sorted(curve, key=lambda point: point["rate_per_s"])
     assert all(point["passed"] == (point["met_fraction"] >= 0.99) for point in curve if not point["cut_short"])
+
+
+def test_with_fresh_servers_every_step_runs_on_a_server_of_its_own() -> None:
+    started: list[int] = []
+
+    @contextlib.contextmanager
+    def fresh_server() -> Iterator[str]:
+        server = LimitedServer(CAPACITY_PER_S, burst=10)
+        started.append(server.port)
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+    config = BenchConfig(
+        models=(ModelLoad(MODEL, rate_per_s=50, slo_ms=1000),),
+        url="http://127.0.0.1:9",  # nothing listens here: every step must go to its own server
+        arrivals=Arrivals.uniform(),
+        duration_s=0.6,
+        warmup_s=0.2,
+    )
+    found = search(
+        config, SearchSettings(tolerance=0.1, cooldown_s=0.0, max_rate_per_s=2000), fresh_server=fresh_server
+    )
+    assert found.confirmed
+    assert 0.75 * CAPACITY_PER_S <= found.rate_per_s <= 1.15 * CAPACITY_PER_S
+    assert len(started) == len(found.steps) + 1  # one more to read the model's metadata
 
 
 # ---------------------------------------------------------------------------- the algorithm alone

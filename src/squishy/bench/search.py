@@ -22,6 +22,7 @@ which keeps overloaded steps short; the server gets ``cooldown_s`` to drain betw
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import math
 import time
@@ -161,16 +162,44 @@ def search(
     progress: bool = False,
     isolate: bool = False,
     on_step: Callable[[SearchStep], None] | None = None,
+    fresh_server: Callable[[], contextlib.AbstractContextManager[str]] | None = None,
 ) -> SearchResult:
-    """Find the goodput at the SLO for ``config``'s mix (its rates give the proportions and the start)."""
+    """Find the goodput at the SLO for ``config``'s mix (its rates give the proportions and the start).
+
+    ``fresh_server`` (a context manager that starts a server and yields its URL for the config's protocol)
+    runs every step against a server of its own: a step then measures the server's steady state at its
+    rate, not its recovery from an earlier step's overload. Without it every step goes to ``config.url``,
+    one after another."""
     settings = settings or SearchSettings()
     if any((m.arrivals or config.arrivals).kind == "replay" for m in config.models):
         raise BenchError("replayed send times do not change with the rate: search with trace:FILE instead")
+    if fresh_server is not None and prepared is None:
+        with fresh_server() as url:
+            prepared = prepare(_at(config, url))
     prepared = prepared or prepare(config)
     if not isolate:
-        return _search(config, settings, _in_process(prepared, progress), on_step)
+        return _search(config, settings, _on_servers(_in_process(prepared, progress), fresh_server), on_step)
     with isolated_executor() as executor:
-        return _search(config, settings, _in_child(executor, prepared, progress), on_step)
+        runner = _on_servers(_in_child(executor, prepared, progress), fresh_server)
+        return _search(config, settings, runner, on_step)
+
+
+def _on_servers(runner: Runner, fresh_server: Callable[[], contextlib.AbstractContextManager[str]] | None) -> Runner:
+    if fresh_server is None:
+        return runner
+
+    def on_fresh(config: BenchConfig, stop_below: float | None) -> RunResult:
+        with fresh_server() as url:
+            return runner(_at(config, url), stop_below)
+
+    return on_fresh
+
+
+def _at(config: BenchConfig, url: str) -> BenchConfig:
+    """``config`` aimed at the server at ``url`` (REST or gRPC, as the config's protocol)."""
+    if config.protocol == "grpc":
+        return dataclasses.replace(config, grpc_url=url)
+    return dataclasses.replace(config, url=url)
 
 
 def _in_process(prepared: Prepared, progress: bool) -> Runner:
