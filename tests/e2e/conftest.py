@@ -14,6 +14,8 @@ from squishy.examples import build_examples
 MODELS = ("digits", "smallcnn", "resnet18-half")
 
 Server = ServerProcess
+# The shared server allows repository control, guarded by this token (tests/e2e/test_serve.py uses it).
+CONTROL_TOKEN = "e2e-control-token"
 
 
 @pytest.fixture(scope="session")
@@ -33,5 +35,7 @@ def stop_server(server: ServerProcess) -> None:
 
 @pytest.fixture(scope="session")
 def server(example_repository: Path) -> Iterator[ServerProcess]:
-    with start_squishy(example_repository) as running:
+    with start_squishy(
+        example_repository, ["--model-control", "explicit", "--control-token", CONTROL_TOKEN]
+    ) as running:
         yield running

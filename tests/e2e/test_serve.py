@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
-from .conftest import MODELS, Server
+from .conftest import CONTROL_TOKEN, MODELS, Server
 
 pytestmark = pytest.mark.e2e
 
@@ -139,13 +139,20 @@ def test_curl_style_json_request(server: Server):
 def test_repository_unload_and_load_over_both_protocols(server: Server):
     http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
-    http.unload_model("smallcnn")
+    bearer = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+    with pytest.raises(InferenceServerException) as refused:
+        http.unload_model("smallcnn")  # no token
+    assert refused.value.status() == "401"
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        grpc.unload_model("smallcnn", headers={"authorization": "Bearer wrong"})
+    assert http.is_model_ready("smallcnn")
+    http.unload_model("smallcnn", headers=bearer)
     assert not http.is_model_ready("smallcnn")
     states = {m["name"]: m for m in http.get_model_repository_index()}
     assert states["smallcnn"]["state"] == "UNAVAILABLE"
     assert http.is_server_ready()  # unloaded on purpose: the server still serves what it should
-    grpc.load_model("smallcnn")
+    grpc.load_model("smallcnn", headers={"authorization": f"Bearer {CONTROL_TOKEN}"})
     assert grpc.is_model_ready("smallcnn")
     with pytest.raises(InferenceServerException) as error:
-        http.load_model("../digits")
+        http.load_model("../digits", headers=bearer)  # outside the repository: refused even with the token
     assert error.value.status() in ("400", "404")

@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from squishy.frontend import ThreadedServer, start_in_thread
+from squishy.frontend.access import RepositoryControl
 from squishy.runtime.api import (
     InferRequest,
     InferResponse,
@@ -188,7 +189,7 @@ def service() -> OnnxTestService:
 
 @pytest.fixture(scope="session")
 def server(service: OnnxTestService) -> Iterator[ThreadedServer]:
-    running = start_in_thread(service, max_body_bytes=MAX_BODY_BYTES)
+    running = start_in_thread(service, max_body_bytes=MAX_BODY_BYTES, control=RepositoryControl("explicit"))
     yield running
     running.stop()
 

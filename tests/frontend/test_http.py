@@ -181,6 +181,10 @@ def test_unknown_model_and_version_are_404(client: triton_http.InferenceServerCl
     assert raw.get("/v2/models/nope").status_code == 404
     assert raw.get("/v2/models/affine/versions/9").status_code == 404
     assert raw.get("/v2/models/nope/config").json() == {"error": "unknown model 'nope'"}
+    assert raw.get("/v2/models/nope/ready").json() == {"error": "unknown model 'nope'"}
+    assert raw.get("/v2/models/nope/ready").status_code == 404
+    assert raw.get("/v2/models/affine/versions/9/ready").status_code == 404
+    assert not client.is_model_ready("nope")  # tritonclient: any status but 200 is "not ready"
 
 
 def test_wrong_shape_is_400_with_expected_shape(client: triton_http.InferenceServerClient) -> None:

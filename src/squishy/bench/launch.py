@@ -129,7 +129,7 @@ def start_squishy(repository: str | Path, extra_args: Sequence[str] = (), *, hos
             ports["http"], ports["grpc"] = int(match.group(1)), int(match.group(2))
         if match := re.search(r"metrics on http://[^:]+:(\d+)/metrics", line):
             ports["metrics"] = int(match.group(1))
-        if "squishy: ready" in line or time.monotonic() > deadline:
+        if "squishy: ready" in line or "squishy: serving, but NOT READY" in line or time.monotonic() > deadline:
             break
     if not {"http", "grpc", "metrics"} <= set(ports):
         process.kill()

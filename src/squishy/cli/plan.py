@@ -75,14 +75,22 @@ def render(plan: Plan) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    ratio = plan.num_backends / plan.lower_bound if plan.lower_bound else float("nan")
-    lines.append(
-        f"{plan.num_backends} backends ({plan.policy}); lower bound {plan.lower_bound:.2f} (ratio {ratio:.2f}); "
-        f"residual-aware bound {plan.residual_bound:.2f}"
-    )
+    lines.append(f"{plan.num_backends} backends ({plan.policy}); {_bounds(plan)}")
     for query, split in plan.query_slo_split.items():
         parts = ", ".join(f"{stage} {ms:g} ms" for stage, ms in split.items())
         lines.append(f"query {query}: {parts}")
     if plan.idle_sessions:
         lines.append("idle (rate 0): " + ", ".join(str(k) for k in plan.idle_sessions))
     return "\n".join(lines)
+
+
+def _bounds(plan: Plan) -> str:
+    """The lower bounds, and how far the plan is from them. Below one backend's worth of work a ratio to
+    the fractional bound means nothing (a cheap model's 0.001 backends): compare with whole backends."""
+    bound = max(plan.lower_bound, plan.residual_bound)
+    text = f"lower bound {plan.lower_bound:.2f}, residual-aware bound {plan.residual_bound:.2f}"
+    if plan.num_backends == 0:
+        return text
+    if bound >= 1.0:
+        return f"{text} (ratio {plan.num_backends / bound:.2f})"
+    return f"{text}: the load is under one backend's worth of work, so any plan needs 1"

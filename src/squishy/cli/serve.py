@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
 from squishy.cluster import slot_layout
+from squishy.errors import SquishyError
+from squishy.frontend.access import MODEL_CONTROL_MODES, TOKEN_ENVIRONMENT, RepositoryControl
 from squishy.frontend.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, FrontendServer
 from squishy.metrics import ServerMetrics
 from squishy.runtime.core import ServingConfig, ServingCore
@@ -41,12 +45,29 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--no-strict-readiness", action="store_true", help="report ready while at least one model serves"
     )
+    parser.add_argument(
+        "--model-control",
+        choices=MODEL_CONTROL_MODES,
+        default="none",
+        help="none (default, as Triton): serve the repository as started, refuse load/unload; "
+        "explicit: allow the repository load/unload API",
+    )
+    parser.add_argument(
+        "--control-token",
+        help=f"with --model-control explicit: load/unload need 'Authorization: Bearer TOKEN' "
+        f"(default: ${TOKEN_ENVIRONMENT} if set, else no token)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    control = repository_control(args)
+    # Before minutes of loading and profiling: a port that is taken fails now, in one line.
+    check_ports(
+        args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
+    )
     repository = ModelRepository(args.repository, default_slo_ms=args.default_slo_ms)
     config = ServingConfig(
         layout=slot_layout(args.slots, args.threads_per_slot),
@@ -58,11 +79,37 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
-    uvloop.run(_serve(args, repository, config))
+    uvloop.run(_serve(args, repository, config, control))
     return 0
 
 
-async def _serve(args: argparse.Namespace, repository: ModelRepository, config: ServingConfig) -> None:
+def repository_control(args: argparse.Namespace) -> RepositoryControl:
+    token = args.control_token or os.environ.get(TOKEN_ENVIRONMENT) or None
+    if token is not None and args.model_control != "explicit":
+        raise SquishyError("a control token guards load/unload, which only --model-control explicit allows")
+    return RepositoryControl(args.model_control, token)
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Raise, naming the option, when a port cannot be bound on ``host`` (0 picks a free one: not checked)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for option, port in ports.items():
+        if port == 0:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise SquishyError(
+                    f"cannot listen on {host}:{port} ({option}): {exc.strerror or exc}; "
+                    f"pick another with {option} N (0: any free port)"
+                ) from None
+
+
+async def _serve(
+    args: argparse.Namespace, repository: ModelRepository, config: ServingConfig, control: RepositoryControl
+) -> None:
     metrics = ServerMetrics()
     core = ServingCore(repository, config, metrics)
     stop = asyncio.Event()
@@ -79,10 +126,11 @@ async def _serve(args: argparse.Namespace, repository: ModelRepository, config: 
         metrics_port=args.metrics_port,
         metrics=metrics,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        control=control,
     )
     try:
         ports = await server.start()
-        _announce(core, args.host, ports.http, ports.grpc, ports.metrics)
+        _announce(core, args.host, ports.http, ports.grpc, ports.metrics, control)
         await stop.wait()
         print("squishy: shutting down", file=sys.stderr, flush=True)
     finally:
@@ -91,7 +139,9 @@ async def _serve(args: argparse.Namespace, repository: ModelRepository, config: 
         await core.stop()
 
 
-def _announce(core: ServingCore, host: str, http: int, grpc: int, metrics: int | None) -> None:
+def _announce(
+    core: ServingCore, host: str, http: int, grpc: int, metrics: int | None, control: RepositoryControl
+) -> None:
     from squishy.cli.plan import render
 
     shown = "localhost" if host in ("0.0.0.0", "::") else host
@@ -109,4 +159,18 @@ def _announce(core: ServingCore, host: str, http: int, grpc: int, metrics: int |
     print(f"squishy: serving OIP REST on http://{shown}:{http}/v2, gRPC on {shown}:{grpc}", flush=True)
     if metrics is not None:
         print(f"squishy: Prometheus metrics on http://{shown}:{metrics}/metrics", flush=True)
-    print("squishy: ready (Ctrl-C to stop)", flush=True)
+    if control.mode == "none":
+        print("squishy: repository control off (load/unload refused; --model-control explicit allows it)", flush=True)
+    else:
+        guard = "bearer token required" if control.token else "no token: anyone who reaches the port may use it"
+        print(f"squishy: repository control on ({guard})", flush=True)
+    if core.is_ready():
+        print("squishy: ready (Ctrl-C to stop)", flush=True)
+        return
+    failed = [f"{s.name} ({s.reason or s.state})" for s in core.repository_index() if s.state != "READY"]
+    print(
+        f"squishy: serving, but NOT READY: /v2/health/ready answers 503 while a model asked for is not ready "
+        f"({'; '.join(failed) or 'no model serves'}). Fix or remove it, or pass --no-strict-readiness "
+        f"(ready while any model serves). (Ctrl-C to stop)",
+        flush=True,
+    )

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from squishy import __version__
 from squishy.frontend import model_info, validation
+from squishy.frontend.access import RepositoryControl
 from squishy.frontend.validation import OutputSelection
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
@@ -76,6 +77,13 @@ def _params(params: Any) -> dict[str, Any]:
     return {key: _param_value(value) for key, value in params.items()}
 
 
+def _authorization(context: Any) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 def _status(error: ServingError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
@@ -115,9 +123,15 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Servicer over a ``ModelService``; ``metrics`` (optional) counts requests rejected here."""
 
     def __init__(
-        self, service: ModelService, *, metrics: ServerMetrics | None = None, server_version: str = __version__
+        self,
+        service: ModelService,
+        *,
+        metrics: ServerMetrics | None = None,
+        server_version: str = __version__,
+        control: RepositoryControl | None = None,
     ) -> None:
         self._service = service
+        self._control = control or RepositoryControl()
         self._metrics = metrics
         self._server_version = server_version
 
@@ -174,6 +188,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelLoad(self, request: Any, context: Any) -> service_pb2.RepositoryModelLoadResponse:
+        self._control.check(_authorization(context))
         params = _params(request.parameters)
         config = params.get("config")
         if config is not None and not isinstance(config, str):
@@ -185,6 +200,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelUnload(self, request: Any, context: Any) -> service_pb2.RepositoryModelUnloadResponse:
+        self._control.check(_authorization(context))
         await self._service.unload_model(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 

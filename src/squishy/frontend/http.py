@@ -17,6 +17,7 @@ import orjson
 
 from squishy import __version__
 from squishy.frontend import codec, model_info
+from squishy.frontend.access import RepositoryControl
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
     InvalidRequestError,
@@ -77,8 +78,10 @@ class HttpFrontend:
         metrics: ServerMetrics | None = None,
         compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
         server_version: str = __version__,
+        control: RepositoryControl | None = None,
     ) -> None:
         self._service = service
+        self._control = control or RepositoryControl()
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._compress_min_bytes = compress_min_bytes
@@ -190,6 +193,12 @@ class HttpFrontend:
         return _json(200, model_info.model_metadata_json(spec, versions))
 
     def _model_ready(self, model: str, version: str | None) -> Response:
+        try:
+            self._service.model_spec(model, version)
+        except ModelNotFoundError:
+            raise  # unknown model or version: 404, as for every other model endpoint
+        except ServingError:
+            pass  # known but not ready: answered below
         ready = self._service.model_ready(model, version)
         # Status carries the answer (KServe: 200 true, 4xx false); the body names the model as well.
         return _json(200 if ready else 400, {"name": model, "ready": ready})
@@ -208,6 +217,8 @@ class HttpFrontend:
         return _json(200, model_info.repository_index_json(self._service.repository_index(ready_only=ready)))
 
     async def _load_or_unload(self, scope: Scope, receive: Receive, model: str, action: str) -> Response:
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        self._control.check(authorization.decode("latin-1") if authorization is not None else None)
         doc = await self._json_body(scope, receive)
         params = doc.get("parameters") or {}
         if not isinstance(params, dict):

@@ -23,6 +23,7 @@ import grpc
 import uvicorn
 import uvloop
 
+from squishy.frontend.access import RepositoryControl
 from squishy.frontend.grpc import GRPC_OPTIONS, GrpcFrontend, add_to_server
 from squishy.frontend.http import DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_BODY_BYTES, HttpFrontend
 from squishy.frontend.metrics_http import MetricsFrontend
@@ -64,6 +65,7 @@ class FrontendServer:
         compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
         grace_s: float = DEFAULT_GRACE_S,
         log_level: str = "warning",
+        control: RepositoryControl | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics if metrics is not None else ServerMetrics()
@@ -72,9 +74,13 @@ class FrontendServer:
         self._grace_s = grace_s
         self._log_level = log_level
         self._http_app = HttpFrontend(
-            service, max_body_bytes=max_body_bytes, metrics=self.metrics, compress_min_bytes=compress_min_bytes
+            service,
+            max_body_bytes=max_body_bytes,
+            metrics=self.metrics,
+            compress_min_bytes=compress_min_bytes,
+            control=control,
         )
-        self._grpc_frontend = GrpcFrontend(service, metrics=self.metrics)
+        self._grpc_frontend = GrpcFrontend(service, metrics=self.metrics, control=control)
         self._uvicorns: list[tuple[uvicorn.Server, socket.socket]] = []
         self._grpc_server: grpc.aio.Server | None = None
         self.ports: BoundPorts | None = None

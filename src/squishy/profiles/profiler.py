@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import platform
 import sys
@@ -48,6 +49,8 @@ _ORT_TYPES = {
     "tensor(uint64)": np.uint64,
     "tensor(bool)": np.bool_,
 }
+
+logger = logging.getLogger(__name__)
 
 
 def device_label(threads: int, concurrency: int = 1) -> str:
@@ -358,6 +361,11 @@ def cached_profile(
             and wanted <= set(cached.extra.get("batches_measured", ()))
         ):
             return cached
+    # A line per model in any log (the progress bar shows only on a terminal): profiling takes seconds.
+    logger.info(
+        "profiling %s: batches %s, %d thread(s) per slot, %d slot(s) at once",
+        model_name, ",".join(map(str, sorted(wanted))), threads, concurrency,
+    )  # fmt: skip
     profile = measure_profile(
         model_path,
         model_name=model_name,

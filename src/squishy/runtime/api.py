@@ -59,6 +59,20 @@ class UnavailableError(ServingError):
     grpc_code = "UNAVAILABLE"
 
 
+class UnauthenticatedError(ServingError):
+    """The request needs a credential it did not carry, or carried a wrong one."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(ServingError):
+    """The server does not allow this operation (e.g. repository control when it is off)."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
 class InternalError(ServingError):
     http_status = 500
     grpc_code = "INTERNAL"

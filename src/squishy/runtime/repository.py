@@ -6,6 +6,7 @@ Layout (the same as Triton's, so users can bring theirs)::
     <repo>/<model>/config.yaml         the same fields as YAML (squishy's settings may be plain keys)
     <repo>/<model>/<version>/model.onnx (or ``default_model_filename``; ``model.pt`` for pytorch_libtorch)
     <repo>/<model>/profile.json        optional: a user-given profile that takes precedence over measuring
+    <repo>/<model>/<v>/model.profile.json  the same, where ``squishy profile <model file>`` writes it
 
 squishy's settings ride in the config's ``parameters`` map (``slo_ms``, ``profile_batches``), so a
 ``config.pbtxt`` written for squishy still parses with Triton's ``ModelConfig``. For ONNX models a missing
@@ -747,7 +748,7 @@ class ModelRepository:
         user's ``profile.json`` if any, else a cached measurement beside the model file (valid while newer
         than the model), else a fresh measurement at the config's ``profile_batches`` (takes seconds).
         Raises ProfileError; measuring needs an ONNX model."""
-        user_profile = self.user_profile_path(spec.name)
+        user_profile = self.user_profile_path(spec.name) or self._profiled_beside(spec)
         if user_profile is None and (spec.platform != PLATFORM_ONNX or spec.model_path is None):
             raise ProfileError(
                 f"model {spec.name!r}: squishy measures only ONNX models; put a profile.json in {spec.name}/"
@@ -765,6 +766,13 @@ class ModelRepository:
             repeats=repeats,
             progress=progress,
         )
+
+    def _profiled_beside(self, spec: ModelSpec) -> Path | None:
+        """What ``squishy profile <model file>`` writes by default: ``<stem>.profile.json`` beside the file."""
+        if spec.model_path is None:
+            return None
+        path = spec.model_path.with_name(f"{spec.model_path.stem}.profile.json")
+        return path if path.is_file() and _inside(path, self.root) else None
 
     def _on_disk(self, name: str) -> bool:
         try:
