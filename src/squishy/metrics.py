@@ -11,7 +11,8 @@ Who records what:
   ``late``, ``dropped`` or ``failed``), ``record_batch`` once per executed batch, ``set_pending`` when
   its queues change, and the control loop calls ``set_plan`` / ``set_session_rates`` each epoch;
 - the frontend calls ``record_request(..., "failed", reason="OTHER")`` only for requests it rejected
-  before handing them to the core (bad input for a known model), so nothing is counted twice.
+  before handing them to the core (bad input for a known model), so nothing is counted twice; its door
+  calls ``record_shed`` for requests shed before the core, ``set_pending`` and ``observe_loop_lag``.
 
 Metric families (labels in braces):
 
@@ -22,7 +23,7 @@ Triton-compatible (counters are cumulative, durations in microseconds, exactly T
       deadline), BACKEND (the executor failed), CANCELED, OTHER (e.g. invalid input)
   ``nv_inference_count{model,version}``  inputs inferred (a batch of 8 counts 8)
   ``nv_inference_exec_count{model,version}``  batches executed
-  ``nv_inference_pending_request_count{model,version}``  (gauge) requests queued, not yet executing
+  ``nv_inference_pending_request_count{model,version}``  (gauge) requests admitted, not answered yet
   ``nv_inference_request_duration_us{model,version}``  end-to-end time of successful requests
   ``nv_inference_queue_duration_us{model,version}``  time requests waited in queues
   ``nv_inference_compute_infer_duration_us{model,version}``  compute time, charged to every request of a
@@ -30,6 +31,8 @@ Triton-compatible (counters are cumulative, durations in microseconds, exactly T
 squishy's own:
   ``squishy_slo_met_total``, ``squishy_slo_late_total``, ``squishy_dropped_total`` ``{model,version}``
   ``squishy_request_latency_ms{model,version}``  histogram of end-to-end latency of completed requests
+  ``squishy_door_shed_total{model,version,reason}``  requests shed at the front door (deadline, queue)
+  ``squishy_event_loop_lag_ms``  histogram of the serving loop's lag (how late a 5 ms timer ran)
   ``squishy_batch_size{model,version}``  histogram of executed batch sizes
   ``squishy_plan_backends``  backends in the current plan
   ``squishy_plan_duty_cycle_ms{backend}``, ``squishy_plan_occupancy{backend}``
@@ -62,6 +65,7 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
     0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150, 200, 250, 300, 400, 500, 600,
     750, 1000, 1500, 2000, 5000,
 )  # fmt: skip
+LOOP_LAG_BUCKETS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 # Batch sizes: every power of two and the midpoints between them, up to the largest batches profiled.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
@@ -221,6 +225,18 @@ class ServerMetrics:
             buckets=tuple(batch_size_buckets),
             registry=self.registry,
         )
+        self._shed = Counter(
+            "squishy_door_shed",
+            "Requests shed at the front door, before the serving core, by reason (deadline, queue)",
+            ("model", "version", "reason"),
+            registry=self.registry,
+        )
+        self._loop_lag_ms = Histogram(
+            "squishy_event_loop_lag_ms",
+            "How late the serving event loop ran a timer (ms): the wait a request arriving now has",
+            buckets=LOOP_LAG_BUCKETS_MS,
+            registry=self.registry,
+        )
         self._plan = _PlanCollector()
         self.registry.register(self._plan)
         self._replans = Counter(
@@ -283,8 +299,16 @@ class ServerMetrics:
         self._triton.inc("nv_inference_compute_infer_duration_us", series.labels, compute_ns * n_requests / 1000.0)
 
     def set_pending(self, model: str, version: str, n: int) -> None:
-        """Requests of this model queued and not yet executing."""
+        """Requests of this model admitted and not answered yet."""
         self._model(model, version).pending.set(n)
+
+    def record_shed(self, model: str, version: str, reason: str) -> None:
+        """A request shed at the door (never reached the core): a Triton REJECTED failure too."""
+        self._shed.labels(model, version, reason).inc()
+        self._triton.inc("nv_inference_request_failure", (model, version, "REJECTED"), 1)
+
+    def observe_loop_lag(self, lag_ms: float) -> None:
+        self._loop_lag_ms.observe(lag_ms)
 
     def set_plan(
         self,

@@ -10,7 +10,7 @@ from tritonclient.grpc import service_pb2
 from squishy.bench import BenchConfig, BenchError, InputSpec, ModelLoad
 from squishy.bench.config import parse_http_url, parse_input_arg, parse_model_arg, parse_parameter_arg
 from squishy.bench.metadata import ModelMeta, TensorMeta
-from squishy.bench.payload import grpc_request, http_request, input_shapes, random_tensor
+from squishy.bench.payload import grpc_request, http_json_request, http_request, input_shapes, random_tensor
 from squishy.frontend.codec import parse_infer_request
 from squishy.runtime.api import ModelSpec, TensorSpec
 
@@ -89,6 +89,23 @@ def test_the_http_request_is_one_binary_infer_the_server_codec_accepts() -> None
     request, _ = parse_infer_request(body, header_length, spec, "affine", None, 0.0)
     assert np.array_equal(request.inputs["x"], np.frombuffer(tensor.data, "<f4").reshape(1, 4))
     assert request.parameters["delay_ms"] == 5
+
+
+def test_the_json_request_carries_tensors_as_lists_the_server_codec_accepts() -> None:
+    address = parse_http_url("http://127.0.0.1:8000")
+    load = ModelLoad("affine", 1, 10, parameters={"priority": 1}, encoding="json")
+    tensor = random_tensor(InputSpec("x", (1, 4), "FP32"), np.random.default_rng(0))
+    raw = http_json_request(address, load, [tensor])
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert headers["Content-Type"] == "application/json" and int(headers["Content-Length"]) == len(body)
+    assert "Inference-Header-Content-Length" not in headers
+    spec = ModelSpec("affine", "1", "onnxruntime_onnx", 8, (TensorSpec("x", "FP32", (4,)),), (), 10.0)
+    request, _ = parse_infer_request(body, None, spec, "affine", None, 0.0)
+    assert np.array_equal(request.inputs["x"], np.frombuffer(tensor.data, "<f4").reshape(1, 4))
+    assert request.priority == 1
+    with pytest.raises(BenchError, match="encoding must be one of binary, json"):
+        ModelLoad("affine", 1, 10, encoding="msgpack")
 
 
 def test_the_grpc_request_carries_raw_contents_and_typed_parameters() -> None:

@@ -15,7 +15,7 @@ from squishy.examples.ocr import models_dir
 from squishy.runtime.executors import make_executor
 from squishy.runtime.repository import READY, ModelRepository, profile_batches
 
-CORE_MODELS = {"digits", "smallcnn", "resnet18-half"}
+CORE_MODELS = {"digits", "double", "smallcnn", "resnet18-half"}
 OCR_MODELS = {"ppocr-det", "ppocr-cls", "ppocr-rec"}
 
 
@@ -96,6 +96,15 @@ def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (tmp_path / "repo" / "smallcnn" / "1" / "model.onnx").is_file()
     assert main(["build-examples", str(tmp_path / "repo"), "--only", "nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "squishy: error: unknown example model 'nope' (known: digits, ppocr-cls, ppocr-det, ppocr-rec, "
+        "squishy: error: unknown example model 'nope' (known: digits, double, ppocr-cls, ppocr-det, ppocr-rec, "
         "resnet18-half, smallcnn)"
     )
+
+
+def test_the_trivial_model_doubles_its_input(built: Path) -> None:
+    repo = ModelRepository(built)
+    repo.load_all()
+    spec = repo.spec("double")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) - 3.5
+    with make_executor(spec, "onnxruntime", threads=1) as executor:
+        np.testing.assert_array_equal(executor.run({"x": x})["y"], 2 * x)

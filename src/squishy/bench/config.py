@@ -51,6 +51,9 @@ class InputSpec:
             raise BenchError(f"input '{self.name}': unknown datatype '{self.datatype}' (one of {', '.join(DATATYPES)})")
 
 
+ENCODINGS = ("binary", "json")
+
+
 @dataclass(frozen=True)
 class ModelLoad:
     """One model's share of the load: its request rate, its latency SLO and how its requests look."""
@@ -67,10 +70,17 @@ class ModelLoad:
     batch_size: int = 1
     # This model's own arrival process (None: the run's); e.g. a replay of a stepped load beside steady ones.
     arrivals: Arrivals | None = None
+    # REST only: "binary" (the binary tensor extension, inputs and outputs raw) or "json" (tensors as JSON
+    # lists both ways, as a client without the extension sends them).
+    encoding: str = "binary"
 
     def __post_init__(self) -> None:
         if not self.model:
             raise BenchError("a model name is empty")
+        if self.encoding not in ENCODINGS:
+            raise BenchError(
+                f"model '{self.model}': encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}"
+            )
         if not (self.rate_per_s > 0 and math.isfinite(self.rate_per_s)):
             raise BenchError(
                 f"model '{self.model}': rate must be a positive number of requests/s, got {self.rate_per_s}"

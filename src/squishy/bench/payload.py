@@ -1,9 +1,10 @@
 """The request a model is sent, built once per run: random inputs of the right shape and datatype, encoded.
 
-REST: the whole HTTP/1.1 request (request line, headers, JSON header, raw tensors) as one ``bytes``, so
-sending is a single socket write. gRPC: a serialized ``ModelInferRequest`` with the tensors in
-``raw_input_contents``, handed to grpc as bytes so nothing is serialized per request. Outputs are asked
-for in binary: the server then skips JSON-encoding them, and the client never reads them.
+REST: the whole HTTP/1.1 request (request line, headers, JSON header, raw tensors; or, with the ``json``
+encoding, the tensors as JSON lists) as one ``bytes``, so sending is a single socket write. gRPC: a
+serialized ``ModelInferRequest`` with the tensors in ``raw_input_contents``, handed to grpc as bytes so
+nothing is serialized per request. Outputs are asked for in binary: the server then skips JSON-encoding
+them, and the client never reads them.
 """
 
 from __future__ import annotations
@@ -125,6 +126,29 @@ def http_request(address: HttpAddress, load: ModelLoad, tensors: Sequence[Tensor
         f"Host: {address.host_header}\r\n"
         "Content-Type: application/octet-stream\r\n"
         f"Inference-Header-Content-Length: {len(header)}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def http_json_request(address: HttpAddress, load: ModelLoad, tensors: Sequence[Tensor]) -> bytes:
+    """The same request with every tensor as a JSON list (no binary extension; the reply is JSON too)."""
+    inputs = []
+    for t in tensors:
+        dtype = _NUMPY_DTYPES.get(t.datatype)
+        if dtype is None:
+            raise BenchError(f"model '{load.model}' input '{t.name}': {t.datatype} cannot be sent as JSON here")
+        values = np.frombuffer(t.data, dtype=np.dtype(dtype).newbyteorder("<"))
+        inputs.append({"name": t.name, "shape": list(t.shape), "datatype": t.datatype, "data": values.tolist()})
+    document: dict[str, object] = {"inputs": inputs}
+    if load.parameters:
+        document["parameters"] = dict(load.parameters)
+    body = orjson.dumps(document)
+    head = (
+        f"POST {model_path(address, load.model, load.version)}/infer HTTP/1.1\r\n"
+        f"Host: {address.host_header}\r\n"
+        "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
         "\r\n"
     )

@@ -146,7 +146,9 @@ def prepare(config: BenchConfig, overrides: dict[str, tuple[InputSpec, ...]] | N
         extra = tuple(s for s in shared if s.name in names) + overrides.get(load.model, ())
         specs = payload.input_shapes(meta, load, extra)
         tensors = [payload.random_tensor(spec, rng) for spec in specs]
-        if address is not None:
+        if address is not None and load.encoding == "json":
+            requests.append(payload.http_json_request(address, load, tensors))
+        elif address is not None:
             requests.append(payload.http_request(address, load, tensors))
         else:
             requests.append(payload.grpc_request(load, tensors))

@@ -55,6 +55,12 @@ def add_parser(subparsers: Any) -> None:
         "--param", action="append", default=[], metavar="KEY=VALUE", help="request parameter, e.g. timeout=50000"
     )
     parser.add_argument("--batch-size", type=int, default=1, help="items per request (default: %(default)s)")
+    parser.add_argument(
+        "--encoding",
+        choices=("binary", "json"),
+        default="binary",
+        help="REST tensors: binary extension (default) or JSON lists, as clients without the extension send",
+    )
     parser.add_argument("--max-connections", type=int, default=1000, help="HTTP connections at most")
     parser.add_argument("--seed", type=int, default=0, help="arrival and input seed (default: %(default)s)")
     parser.add_argument("--search", action="store_true", help="search for the goodput at the SLO (99%% within SLO)")
@@ -125,6 +131,7 @@ def build_config(args: argparse.Namespace, arrivals: Arrivals) -> tuple[BenchCon
                 inputs=tuple(per_model.get(name, ())),
                 parameters=parameters,
                 batch_size=args.batch_size,
+                encoding=args.encoding,
             )
         )
     config = BenchConfig(

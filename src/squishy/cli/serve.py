@@ -15,6 +15,7 @@ from typing import Any
 from squishy.cluster import slot_layout
 from squishy.errors import SquishyError
 from squishy.frontend.access import MODEL_CONTROL_MODES, TOKEN_ENVIRONMENT, RepositoryControl
+from squishy.frontend.door import DEFAULT_TARGET_MS, DoorConfig
 from squishy.frontend.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, FrontendServer
 from squishy.metrics import ServerMetrics
 from squishy.runtime.core import ServingConfig, ServingCore
@@ -57,6 +58,18 @@ def add_parser(subparsers: Any) -> None:
         help=f"with --model-control explicit: load/unload need 'Authorization: Bearer TOKEN' "
         f"(default: ${TOKEN_ENVIRONMENT} if set, else no token)",
     )
+    parser.add_argument(
+        "--door",
+        choices=("on", "off"),
+        default="on",
+        help="shed requests at the front door when the server itself lags (default on; see docs/reliability.md)",
+    )
+    parser.add_argument(
+        "--door-target-ms",
+        type=float,
+        default=DEFAULT_TARGET_MS,
+        help=f"the wait before handling that counts as a standing queue (default {DEFAULT_TARGET_MS:g} ms)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
@@ -64,6 +77,10 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     control = repository_control(args)
+    try:
+        door = DoorConfig(enabled=args.door == "on", target_ms=args.door_target_ms)
+    except ValueError as exc:
+        raise SquishyError(f"--door-target-ms: {exc}") from None
     # Before minutes of loading and profiling: a port that is taken fails now, in one line.
     check_ports(
         args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
@@ -79,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
-    uvloop.run(_serve(args, repository, config, control))
+    uvloop.run(_serve(args, repository, config, control, door))
     return 0
 
 
@@ -108,7 +125,11 @@ def check_ports(host: str, ports: dict[str, int]) -> None:
 
 
 async def _serve(
-    args: argparse.Namespace, repository: ModelRepository, config: ServingConfig, control: RepositoryControl
+    args: argparse.Namespace,
+    repository: ModelRepository,
+    config: ServingConfig,
+    control: RepositoryControl,
+    door: DoorConfig,
 ) -> None:
     metrics = ServerMetrics()
     core = ServingCore(repository, config, metrics)
@@ -127,6 +148,7 @@ async def _serve(
         metrics=metrics,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         control=control,
+        door=door,
     )
     try:
         ports = await server.start()

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from squishy.examples import cnn, digits, ocr
+from squishy.examples import cnn, digits, ocr, trivial
 
 DEFAULT_SEED = 0
 VERSION = "1"
@@ -88,6 +88,17 @@ def example_models() -> list[ExampleModel]:
             outputs=(Tensor("probabilities", "TYPE_FP32", (10,)), Tensor("label", "TYPE_INT64", (1,))),
             build=_build_digits,
             recipe=f"digits hidden={digits.HIDDEN_UNITS} iterations={digits.MAX_ITERATIONS}",
+        ),
+        ExampleModel(
+            name="double",
+            description="trivial model: y = 2x; it measures the server's own overhead per request",
+            slo_ms=50.0,
+            max_batch_size=64,
+            profile_batches=(1, 8, 64),
+            inputs=(Tensor("x", "TYPE_FP32", (trivial.WIDTH,)),),
+            outputs=(Tensor("y", "TYPE_FP32", (trivial.WIDTH,)),),
+            build=lambda seed: (trivial.double_onnx().SerializeToString(), {}),
+            recipe="double",
         ),
         ExampleModel(
             name="smallcnn",

@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from squishy import __version__
 from squishy.frontend import model_info, validation
 from squishy.frontend.access import RepositoryControl
+from squishy.frontend.door import Door
 from squishy.frontend.validation import OutputSelection
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
@@ -129,9 +130,11 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         metrics: ServerMetrics | None = None,
         server_version: str = __version__,
         control: RepositoryControl | None = None,
+        door: Door | None = None,
     ) -> None:
         self._service = service
         self._control = control or RepositoryControl()
+        self._door = door
         self._metrics = metrics
         self._server_version = server_version
 
@@ -251,12 +254,29 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         arrival_ms = time.monotonic() * 1000.0
         version = request.model_version or None
         spec = self._service.model_spec(request.model_name, version)
+        door = self._door
+        if door is None:
+            return await self._admitted(request, spec, version, arrival_ms)
+        # grpc.aio hands over a decoded message, so no earlier stamp exists: the request reached the
+        # machine about the loop's lag ago.
+        arrival_ms -= door.lag_ms(arrival_ms)
+        door.admit(spec, arrival_ms)
+        try:
+            return await self._admitted(request, spec, version, arrival_ms)
+        finally:
+            door.finished(spec)
+
+    async def _admitted(
+        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, version: str | None, arrival_ms: float
+    ) -> service_pb2.ModelInferResponse:
         try:
             infer_request, selections = _parse_infer(request, spec, version, arrival_ms)
         except InvalidRequestError:
             if self._metrics is not None:
                 self._metrics.record_request(spec.name, spec.version, "failed", reason="OTHER")
             raise
+        if self._door is not None:  # a model with priority levels is judged for the queue now
+            self._door.admit(spec, arrival_ms, parsed=True, priority=infer_request.priority)
         response = await _shielded(self._service.infer(infer_request))
         return _encode_infer(response, spec, selections, request.id)
 

@@ -18,11 +18,14 @@ import orjson
 from squishy import __version__
 from squishy.frontend import codec, model_info
 from squishy.frontend.access import RepositoryControl
+from squishy.frontend.arrival import RECEIVED_KEY
+from squishy.frontend.door import Door
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelService,
+    ModelSpec,
     PayloadTooLargeError,
     ServingError,
 )
@@ -79,9 +82,11 @@ class HttpFrontend:
         compress_min_bytes: int = DEFAULT_COMPRESS_MIN_BYTES,
         server_version: str = __version__,
         control: RepositoryControl | None = None,
+        door: Door | None = None,
     ) -> None:
         self._service = service
         self._control = control or RepositoryControl()
+        self._door = door
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._compress_min_bytes = compress_min_bytes
@@ -235,7 +240,8 @@ class HttpFrontend:
         return 200, b"", _JSON
 
     async def _infer(self, scope: Scope, receive: Receive, model: str, version: str | None) -> Response:
-        arrival_ms = time.monotonic() * 1000.0
+        received_s = scope.get(RECEIVED_KEY)
+        arrival_ms = (received_s if received_s is not None else time.monotonic()) * 1000.0
         content_length = header_length = content_encoding = accept_encoding = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -247,6 +253,29 @@ class HttpFrontend:
             elif name == b"accept-encoding":
                 accept_encoding = value.decode("latin-1")
         spec = self._service.model_spec(model, version)  # unknown model: 404 before reading the body
+        door = self._door
+        if door is None:
+            return await self._admitted(receive, spec, model, version, arrival_ms, content_length, header_length,
+                                        content_encoding, accept_encoding)  # fmt: skip
+        door.admit(spec, arrival_ms)  # shed: 503 before the body is read or decoded
+        try:
+            return await self._admitted(receive, spec, model, version, arrival_ms, content_length, header_length,
+                                        content_encoding, accept_encoding)  # fmt: skip
+        finally:
+            door.finished(spec)
+
+    async def _admitted(
+        self,
+        receive: Receive,
+        spec: ModelSpec,
+        model: str,
+        version: str | None,
+        arrival_ms: float,
+        content_length: bytes | None,
+        header_length: bytes | None,
+        content_encoding: str | None,
+        accept_encoding: str | None,
+    ) -> Response:
         body = await self._read_body(receive, content_length)
         try:
             body = codec.decode_content(body, content_encoding, self._max_body_bytes)
@@ -257,6 +286,8 @@ class HttpFrontend:
             if self._metrics is not None:
                 self._metrics.record_request(spec.name, spec.version, "failed", reason="OTHER")
             raise
+        if self._door is not None:  # a model with priority levels is judged for the queue now
+            self._door.admit(spec, arrival_ms, parsed=True, priority=request.priority)
         response = await self._service.infer(request)
         chunks, json_length = codec.encode_infer_response(response, spec, selections, request.request_id)
         headers = (

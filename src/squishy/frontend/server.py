@@ -24,6 +24,8 @@ import uvicorn
 import uvloop
 
 from squishy.frontend.access import RepositoryControl
+from squishy.frontend.arrival import StampingHttpToolsProtocol
+from squishy.frontend.door import Door, DoorConfig
 from squishy.frontend.grpc import GRPC_OPTIONS, GrpcFrontend, add_to_server
 from squishy.frontend.http import DEFAULT_COMPRESS_MIN_BYTES, DEFAULT_MAX_BODY_BYTES, HttpFrontend
 from squishy.frontend.metrics_http import MetricsFrontend
@@ -66,9 +68,14 @@ class FrontendServer:
         grace_s: float = DEFAULT_GRACE_S,
         log_level: str = "warning",
         control: RepositoryControl | None = None,
+        door: DoorConfig | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics if metrics is not None else ServerMetrics()
+        # ℓ(1) of a model where the service knows it (the serving core does): the least a request needs.
+        alone_ms = getattr(service, "alone_ms", None)
+        self.door = Door(door, alone_ms=alone_ms, metrics=self.metrics)
+        self._door_probe: asyncio.Task[None] | None = None
         self._host = host
         self._ports = (http_port, grpc_port, metrics_port)
         self._grace_s = grace_s
@@ -79,8 +86,9 @@ class FrontendServer:
             metrics=self.metrics,
             compress_min_bytes=compress_min_bytes,
             control=control,
+            door=self.door,
         )
-        self._grpc_frontend = GrpcFrontend(service, metrics=self.metrics, control=control)
+        self._grpc_frontend = GrpcFrontend(service, metrics=self.metrics, control=control, door=self.door)
         self._uvicorns: list[tuple[uvicorn.Server, socket.socket]] = []
         self._grpc_server: grpc.aio.Server | None = None
         self.ports: BoundPorts | None = None
@@ -105,6 +113,8 @@ class FrontendServer:
             await self.stop(grace_s=0)
             raise
         self.ports = BoundPorts(bound_http, bound_grpc, bound_metrics)
+        if self.door.config.enabled:
+            self._door_probe = asyncio.create_task(self.door.probe_lag(), name="squishy-door-lag")
         logger.info(
             "squishy serving on %s: HTTP %d, gRPC %d, metrics %s", self._host, bound_http, bound_grpc, bound_metrics
         )
@@ -113,6 +123,11 @@ class FrontendServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting, give requests in flight ``grace_s`` to finish, then close everything."""
         grace_s = self._grace_s if grace_s is None else grace_s
+        if self._door_probe is not None:
+            self._door_probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._door_probe
+            self._door_probe = None
         stops = [self._stop_uvicorn(server, sock, grace_s) for server, sock in self._uvicorns]
         if self._grpc_server is not None:
             stops.append(self._grpc_server.stop(grace_s))
@@ -123,7 +138,7 @@ class FrontendServer:
         config = uvicorn.Config(
             app,
             loop="uvloop",
-            http="httptools",
+            http=StampingHttpToolsProtocol,  # httptools, with each request's first bytes stamped
             ws="none",
             lifespan="off",
             interface="asgi3",

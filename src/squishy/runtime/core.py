@@ -266,6 +266,12 @@ class ServingCore(BatchSink):
             return False
         return session_id(spec) in self._routers
 
+    def alone_ms(self, spec: ModelSpec) -> float:
+        """How long one request of ``spec`` takes run alone here (its profiled ℓ(1), with the observed
+        slowdown): the least time a request still needs. 0 for a model with no session."""
+        session = self._sessions.get(session_id(spec))
+        return session.latency.latency_ms(1) if session is not None else 0.0
+
     def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
         return self.stats.snapshot(name, version)
 
