@@ -156,3 +156,11 @@ def test_a_plan_with_headroom_is_revised_once_the_load_passes_what_it_was_measur
     for second in range(1, 12):
         loop.record_times("a", np.linspace(second - 1, second, 160, endpoint=False))  # 160 req/s from t = 0
     assert loop.decide(11.5, ["a"]).reason is ReplanReason.OVERLOAD  # 160 > 1.1 × 80, within 2 × 80 or not
+
+
+def test_a_step_in_mid_window_is_estimated_from_the_windows_wholly_after_it():
+    estimator = RateEstimator(window_s=1.0, time_constant_s=10.0)
+    estimator.record_times("a", np.arange(0.0, 30.0, 1 / 200))
+    # The load steps to 1,200/s half-way through window 30: that window counts 700, the next 1,200.
+    estimator.record_times("a", np.concatenate([np.arange(30.0, 30.5, 1 / 200), np.arange(30.5, 33.0, 1 / 1200)]))
+    assert estimator.rates(32.0)["a"] == pytest.approx(1200.0, rel=0.01)  # not (700 + 1,200) / 2

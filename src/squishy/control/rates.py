@@ -9,8 +9,9 @@ The EWMA (time constant ~10 s, as in Nexus) keeps the estimate steady under Pois
 a real step in load by tens of seconds, and a control loop that re-plans on every 10% of that lag
 installs plan after plan. So the estimator also watches for a *level shift*: when the last
 ``shift_windows`` windows all lie outside the band around the estimate in the same direction, by more
-than Poisson noise could explain (``SHIFT_SIGMAS`` standard deviations), the estimate jumps to their
-mean. A step is then seen in about ``shift_windows`` windows, and the loop re-plans once for it.
+than Poisson noise could explain (``SHIFT_SIGMAS`` standard deviations), the estimate jumps to the mean
+of all but the first of them (the first may straddle the step). A step is then seen in about
+``shift_windows`` windows, and the loop re-plans once for it.
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ class RateEstimator:
         if direction != 0:
             recent.append((direction, observed))
         if len(recent) >= self.shift_windows:
-            estimate = sum(rate for _, rate in recent) / len(recent)
+            # The first window out of the band may straddle the step (or be a new key's partial first
+            # window); the ones after it lie wholly at the new level, so the estimate jumps to those.
+            settled = recent[1:] or recent
+            estimate = sum(rate for _, rate in settled) / len(settled)
             recent.clear()
             self.shifts += 1
         return estimate
