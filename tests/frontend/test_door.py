@@ -61,11 +61,25 @@ def test_a_standing_queue_sheds_what_waited_past_the_target_and_admits_the_rest(
     build_standing_queue(gate, clock, model)
     assert arrive(gate, clock, model, TARGET_MS * 2) == SHED_QUEUE
     assert arrive(gate, clock, model, TARGET_MS / 2) is None
-    # A whole interval in which some request got in under the target: the queue is gone.
-    for _ in range(11):
+    # A whole interval in which nothing had to be shed: the overload is over.
+    for _ in range(21):
         arrive(gate, clock, model, 1.0)
         clock.advance_ms(INTERVAL_MS / 10)
     assert not gate.standing and arrive(gate, clock, model, TARGET_MS * 2) is None
+
+
+def test_a_loop_near_saturation_that_meets_every_slo_is_left_alone() -> None:
+    clock = ManualClock(1000.0)
+    gate, model = door(clock), spec("a", slo_ms=50.0)  # budget 48 ms: overload above 12 ms of standing wait
+    for _ in range(30):
+        assert arrive(gate, clock, model, 10.0) is None
+        clock.advance_ms(INTERVAL_MS / 10)
+    assert not gate.standing
+    tight = spec("tight", slo_ms=20.0)  # a tighter SLO in the mix lowers the bar (budget 18 ms: 5 ms)
+    for _ in range(30):
+        arrive(gate, clock, tight, 10.0)
+        clock.advance_ms(INTERVAL_MS / 10)
+    assert gate.standing
 
 
 def test_a_request_with_no_time_left_for_its_model_is_shed_even_without_a_queue() -> None:

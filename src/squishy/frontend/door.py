@@ -13,17 +13,20 @@ The door sees that wait and keeps it short:
   the wait in the parser and the ready queue. The wait in the kernel's socket buffers is not visible;
   the event loop's lag (a probe that measures how late a timer runs) stands in for it, since a loop that
   runs callbacks late also reads sockets late. gRPC requests have no earlier stamp: their wait is the lag.
-- **CoDel's rule** (Nichols and Jacobson, 2012; Facebook's variant for RPC servers). A standing queue is
-  one whose *minimum* wait over an interval (100 ms) stays above a target (5 ms): a burst that drains
-  does not count. While one stands, a request that waited longer than the target is shed at once, with
-  503 / ``UNAVAILABLE`` and the reason, before its body is read or decoded. That keeps the queue near the
-  target, so the requests served stay within their SLO and the rejections are answered fast.
+- **CoDel's rule** (Nichols and Jacobson, 2012; Facebook's variant for RPC servers), with hysteresis. A
+  standing queue is one whose *minimum* wait over an interval (100 ms) stays above a threshold: a burst
+  that drains does not count. The server is overloaded once that minimum exceeds a quarter of the
+  tightest SLO budget (SLO − ℓ(1)) among the requests seen (at least the target, 5 ms): a loop near
+  saturation that still meets every SLO is left alone. While overloaded, a request that waited longer
+  than the target is shed at once, with 503 / ``UNAVAILABLE`` and the reason, before its body is read or
+  decoded. That keeps the queue near the target, so the requests served stay within their SLO and the
+  rejections are answered fast; the overload ends after an interval in which nothing had to be shed.
 - **Deadlines, always.** A request whose wait already leaves no room for its model's own latency within
   its SLO is shed whatever the state: serving it would only make a late reply.
 - **Models apart.** The shedding is charged to the models that flood the door: while a queue stands, a
-  model whose share of the requests admitted in the last interval is below its fair share (an equal split
-  among the models that sent requests, or the share its config reserves with the ``door_reserved_share``
-  parameter) is not shed for the queue, only for its deadline.
+  model whose share of the requests that arrived in the last interval is below its fair share (an equal
+  split among the models that sent requests, or the share its config reserves with the
+  ``door_reserved_share`` parameter) is not shed for the queue, only for its deadline.
 - **Priorities.** For a model with priority levels (Triton's ``dynamic_batching.priority_levels``), a
   request of priority level p (1 is the highest) may wait (levels − p + 1) × the target before it is shed
   for the queue, so lower priorities are shed first. The priority is in the body, so such models are
@@ -47,6 +50,9 @@ from squishy.runtime.api import ModelSpec, UnavailableError
 DEFAULT_TARGET_MS = 5.0
 DEFAULT_INTERVAL_MS = 100.0
 DEFAULT_LAG_PROBE_MS = 5.0
+# Overload is entered when the shortest wait of an interval exceeds this share of the tightest SLO budget
+# (SLO − ℓ(1)) among the requests seen, or the target if that is larger.
+ENTER_SHARE_OF_BUDGET = 0.25
 # The lag stands in for the wait in socket buffers until it decays: a loop that was late a moment ago
 # still has a backlog to read.
 LAG_HALF_LIFE_MS = 50.0
@@ -82,11 +88,13 @@ class _Interval:
 
     start_ms: float
     min_wait_ms: float = math.inf
-    admitted: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    arrived: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # requests seen, by model
+    min_budget_ms: float = math.inf  # the tightest SLO − ℓ(1) among the requests seen
+    queue_sheds: int = 0
 
     @property
     def total(self) -> int:
-        return sum(self.admitted.values())
+        return sum(self.arrived.values())
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class Door:
         self._lag_at_ms = clock.now_ms()
         self._interval = _Interval(clock.now_ms())
         self._previous = _Interval(clock.now_ms())  # the last finished interval: the shares judged by
-        self.standing = False  # a standing queue: the minimum wait stayed above the target for an interval
+        self.standing = False  # overloaded: a standing queue that threatens SLOs (see _observe)
         self.in_flight: dict[tuple[str, str], int] = defaultdict(int)  # admitted, not answered yet
         self.shed: dict[str, int] = defaultdict(int)  # by reason
         self._models: dict[tuple[str, str], _Model] = {}
@@ -158,7 +166,7 @@ class Door:
         model = self._model(spec)
         key = (spec.name, spec.version)
         if not parsed:
-            self._observe(wait_ms, now_ms)
+            self._observe(spec.name, model, wait_ms, now_ms)
             if wait_ms + model.alone_ms >= model.slo_ms:
                 self._shed(
                     spec,
@@ -173,8 +181,7 @@ class Door:
             and wait_ms > self._allowed_wait_ms(model, priority)
             and self._over_share(spec.name, model)
         ):
-            if parsed:  # taken back: it was counted as admitted before its body was read
-                self._interval.admitted[spec.name] -= 1
+            self._interval.queue_sheds += 1
             self._shed(
                 spec,
                 SHED_QUEUE,
@@ -182,7 +189,6 @@ class Door:
                 f"are handled, target {self.config.target_ms:g} ms); retry later",
             )
         if not parsed:
-            self._interval.admitted[spec.name] += 1
             self._set_in_flight(key, self.in_flight[key] + 1)
         return wait_ms
 
@@ -203,25 +209,39 @@ class Door:
         return self.config.target_ms * (model.priority_levels - level + 1)
 
     def _over_share(self, name: str, model: _Model) -> bool:
-        """Whether ``name`` took at least its fair share of the last interval's admissions."""
+        """Whether ``name`` sent at least its fair share of the last interval's requests."""
         judged = self._previous if self._previous.total else self._interval
         total = judged.total
         if total == 0:
             return True
-        share = judged.admitted.get(name, 0) / total
-        active = sum(1 for count in judged.admitted.values() if count > 0)
+        share = judged.arrived.get(name, 0) / total
+        active = sum(1 for count in judged.arrived.values() if count > 0)
         fair = max(model.reserved_share, 1.0 / active if active > 1 else 0.0)
         return share >= fair
 
-    def _observe(self, wait_ms: float, now_ms: float) -> None:
+    def _observe(self, name: str, model: _Model, wait_ms: float, now_ms: float) -> None:
         interval = self._interval
         if now_ms - interval.start_ms >= self.config.interval_ms:
-            # CoDel: a queue stands when even the shortest wait of a whole interval exceeded the target.
-            # An interval without requests has no queue.
-            self.standing = interval.min_wait_ms > self.config.target_ms and interval.min_wait_ms < math.inf
+            self.standing = self._overloaded_after(interval)
             self._previous = interval
             self._interval = interval = _Interval(now_ms)
         interval.min_wait_ms = min(interval.min_wait_ms, wait_ms)
+        interval.min_budget_ms = min(interval.min_budget_ms, model.slo_ms - model.alone_ms)
+        interval.arrived[name] += 1
+
+    def _overloaded_after(self, interval: _Interval) -> bool:
+        """CoDel with hysteresis. A queue stands when even the shortest wait of a whole interval exceeded
+        a threshold; an interval without requests has none. To *enter* overload that threshold is a share
+        of the tightest SLO budget seen (at least the target): a loop near saturation that still meets
+        every SLO is left alone, so the door does not lower the rate the server sustains. Once in, the
+        door sheds at the short target, which keeps the queue (and the time a rejection takes) near the
+        target, and it *leaves* only after an interval in which nothing had to be shed for the queue."""
+        if interval.min_wait_ms == math.inf:
+            return False
+        if self.standing:
+            return interval.queue_sheds > 0 or interval.min_wait_ms > self.config.target_ms
+        enter_ms = max(self.config.target_ms, ENTER_SHARE_OF_BUDGET * interval.min_budget_ms)
+        return interval.min_wait_ms > enter_ms
 
     def _shed(self, spec: ModelSpec, reason: str, message: str) -> None:
         self.shed[reason] += 1

@@ -18,8 +18,8 @@ import orjson
 from squishy import __version__
 from squishy.frontend import codec, model_info
 from squishy.frontend.access import RepositoryControl
-from squishy.frontend.arrival import RECEIVED_KEY
-from squishy.frontend.door import Door
+from squishy.frontend.arrival import ADMITTED_KEY, RECEIVED_KEY
+from squishy.frontend.door import Door, ShedError
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
     InvalidRequestError,
@@ -45,6 +45,7 @@ DEFAULT_COMPRESS_MIN_BYTES = 1024
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = [(b"content-type", b"application/octet-stream")]
 _CLOSE = [(b"connection", b"close")]
+_SHED_HEAD = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: "
 
 
 class _ClientGone(Exception):
@@ -257,12 +258,42 @@ class HttpFrontend:
         if door is None:
             return await self._admitted(receive, spec, model, version, arrival_ms, content_length, header_length,
                                         content_encoding, accept_encoding)  # fmt: skip
-        door.admit(spec, arrival_ms)  # shed: 503 before the body is read or decoded
+        if not scope.get(ADMITTED_KEY):  # not judged by shed_early (percent-encoded path, pipelined)
+            door.admit(spec, arrival_ms)  # shed: 503 before the body is read or decoded
         try:
             return await self._admitted(receive, spec, model, version, arrival_ms, content_length, header_length,
                                         content_encoding, accept_encoding)  # fmt: skip
         finally:
             door.finished(spec)
+
+    def shed_early(self, method: bytes, url: bytes, received_s: float, scope: Scope) -> bytes | None:
+        """The door's verdict on an infer request whose headers were just parsed, before any ASGI work
+        (``squishy.frontend.arrival``): the complete 503 response if it is shed, else None (the request
+        goes on, marked as admitted). Anything unusual is left to the normal path."""
+        door = self._door
+        if door is None or not door.config.enabled or method != b"POST":
+            return None
+        path = url.split(b"?", 1)[0]
+        if not path.endswith(b"/infer") or b"%" in path:
+            return None
+        parts = path.split(b"/")
+        if len(parts) == 5 and parts[1] == b"v2" and parts[2] == b"models":
+            name, version = parts[3], b""
+        elif len(parts) == 7 and parts[1] == b"v2" and parts[2] == b"models" and parts[4] == b"versions":
+            name, version = parts[3], parts[5]
+        else:
+            return None
+        try:
+            spec = self._service.model_spec(name.decode(), version.decode() or None)
+        except (ServingError, UnicodeDecodeError):
+            return None  # the normal path answers it (404, 400)
+        try:
+            door.admit(spec, received_s * 1000.0)
+        except ShedError as shed:
+            body = orjson.dumps({"error": str(shed)})
+            return _SHED_HEAD + str(len(body)).encode() + b"\r\n\r\n" + body
+        scope[ADMITTED_KEY] = True
+        return None
 
     async def _admitted(
         self,

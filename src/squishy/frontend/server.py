@@ -241,6 +241,10 @@ class ThreadedServer:
     def metrics(self) -> ServerMetrics:
         return self._server.metrics
 
+    @property
+    def door(self) -> Door:
+        return self._server.door
+
     def stop(self, grace_s: float = 1.0) -> None:
         if not self._thread.is_alive():
             return
