@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from squishy import __version__
 from squishy.frontend import model_info, validation
 from squishy.frontend.access import RepositoryControl
-from squishy.frontend.door import Door
+from squishy.frontend.door import Door, DoorConfig
 from squishy.frontend.validation import OutputSelection
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
@@ -134,7 +134,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> None:
         self._service = service
         self._control = control or RepositoryControl()
-        self._door = door
+        self._door = door or Door(DoorConfig(enabled=False))
         self._metrics = metrics
         self._server_version = server_version
 
@@ -255,8 +255,6 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
         version = request.model_version or None
         spec = self._service.model_spec(request.model_name, version)
         door = self._door
-        if door is None:
-            return await self._admitted(request, spec, version, arrival_ms)
         # grpc.aio hands over a decoded message, so no earlier stamp exists: the request reached the
         # machine about the loop's lag ago.
         arrival_ms -= door.lag_ms(arrival_ms)
@@ -275,8 +273,7 @@ class GrpcFrontend(service_pb2_grpc.GRPCInferenceServiceServicer):
             if self._metrics is not None:
                 self._metrics.record_request(spec.name, spec.version, "failed", reason="OTHER")
             raise
-        if self._door is not None:  # a model with priority levels is judged for the queue now
-            self._door.admit(spec, arrival_ms, parsed=True, priority=infer_request.priority)
+        self._door.admit(spec, arrival_ms, parsed=True, priority=infer_request.priority)  # priority levels: judged now
         response = await _shielded(self._service.infer(infer_request))
         return _encode_infer(response, spec, selections, request.id)
 

@@ -19,7 +19,7 @@ from squishy import __version__
 from squishy.frontend import codec, model_info
 from squishy.frontend.access import RepositoryControl
 from squishy.frontend.arrival import ADMITTED_KEY, RECEIVED_KEY
-from squishy.frontend.door import Door, ShedError
+from squishy.frontend.door import Door, DoorConfig, ShedError
 from squishy.metrics import ServerMetrics
 from squishy.runtime.api import (
     InvalidRequestError,
@@ -87,7 +87,7 @@ class HttpFrontend:
     ) -> None:
         self._service = service
         self._control = control or RepositoryControl()
-        self._door = door
+        self._door = door or Door(DoorConfig(enabled=False))
         self._max_body_bytes = max_body_bytes
         self._metrics = metrics
         self._compress_min_bytes = compress_min_bytes
@@ -255,9 +255,6 @@ class HttpFrontend:
                 accept_encoding = value.decode("latin-1")
         spec = self._service.model_spec(model, version)  # unknown model: 404 before reading the body
         door = self._door
-        if door is None:
-            return await self._admitted(receive, spec, model, version, arrival_ms, content_length, header_length,
-                                        content_encoding, accept_encoding)  # fmt: skip
         if not scope.get(ADMITTED_KEY):  # not judged by shed_early (percent-encoded path, pipelined)
             door.admit(spec, arrival_ms)  # shed: 503 before the body is read or decoded
         try:
@@ -271,7 +268,7 @@ class HttpFrontend:
         (``squishy.frontend.arrival``): the complete 503 response if it is shed, else None (the request
         goes on, marked as admitted). Anything unusual is left to the normal path."""
         door = self._door
-        if door is None or not door.config.enabled or method != b"POST":
+        if not door.config.enabled or method != b"POST":
             return None
         path = url.split(b"?", 1)[0]
         if not path.endswith(b"/infer") or b"%" in path:
@@ -317,8 +314,7 @@ class HttpFrontend:
             if self._metrics is not None:
                 self._metrics.record_request(spec.name, spec.version, "failed", reason="OTHER")
             raise
-        if self._door is not None:  # a model with priority levels is judged for the queue now
-            self._door.admit(spec, arrival_ms, parsed=True, priority=request.priority)
+        self._door.admit(spec, arrival_ms, parsed=True, priority=request.priority)  # priority levels: judged now
         response = await self._service.infer(request)
         chunks, json_length = codec.encode_infer_response(response, spec, selections, request.request_id)
         headers = (
