@@ -159,3 +159,13 @@ def test_a_door_switched_off_admits_everything() -> None:
     clock = ManualClock(1000.0)
     gate = Door(DoorConfig(enabled=False), clock=clock)
     assert arrive(gate, clock, spec("a"), 10_000.0) is None
+
+
+def test_an_interval_of_silence_ends_the_overload() -> None:
+    clock = ManualClock(1000.0)
+    gate, model = door(clock), spec("a")
+    build_standing_queue(gate, clock, model)
+    assert arrive(gate, clock, model, TARGET_MS * 2) == SHED_QUEUE
+    clock.advance_ms(INTERVAL_MS * 1.5)  # nobody came: whatever queue there was has drained
+    assert arrive(gate, clock, model, TARGET_MS * 2) is None
+    assert not gate.standing

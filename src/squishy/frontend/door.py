@@ -91,6 +91,7 @@ class _Interval:
     arrived: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # requests seen, by model
     min_budget_ms: float = math.inf  # the tightest SLO − ℓ(1) among the requests seen
     queue_sheds: int = 0
+    last_ms: float = -math.inf  # when its last request arrived
 
     @property
     def total(self) -> int:
@@ -222,21 +223,23 @@ class Door:
     def _observe(self, name: str, model: _Model, wait_ms: float, now_ms: float) -> None:
         interval = self._interval
         if now_ms - interval.start_ms >= self.config.interval_ms:
-            self.standing = self._overloaded_after(interval)
+            self.standing = self._overloaded_after(interval, now_ms)
             self._previous = interval
             self._interval = interval = _Interval(now_ms)
         interval.min_wait_ms = min(interval.min_wait_ms, wait_ms)
         interval.min_budget_ms = min(interval.min_budget_ms, model.slo_ms - model.alone_ms)
         interval.arrived[name] += 1
+        interval.last_ms = now_ms
 
-    def _overloaded_after(self, interval: _Interval) -> bool:
+    def _overloaded_after(self, interval: _Interval, now_ms: float) -> bool:
         """CoDel with hysteresis. A queue stands when even the shortest wait of a whole interval exceeded
         a threshold; an interval without requests has none. To *enter* overload that threshold is a share
         of the tightest SLO budget seen (at least the target): a loop near saturation that still meets
         every SLO is left alone, so the door does not lower the rate the server sustains. Once in, the
         door sheds at the short target, which keeps the queue (and the time a rejection takes) near the
-        target, and it *leaves* only after an interval in which nothing had to be shed for the queue."""
-        if interval.min_wait_ms == math.inf:
+        target, and it *leaves* after an interval in which nothing had to be shed for the queue, or after
+        a gap of an interval with no request at all (no queue stands through silence)."""
+        if interval.min_wait_ms == math.inf or now_ms - interval.last_ms >= self.config.interval_ms:
             return False
         if self.standing:
             return interval.queue_sheds > 0 or interval.min_wait_ms > self.config.target_ms
