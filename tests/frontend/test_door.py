@@ -93,12 +93,26 @@ def test_a_request_with_no_time_left_for_its_model_is_shed_even_without_a_queue(
 def test_loop_lag_counts_as_wait_and_decays() -> None:
     clock = ManualClock(1000.0)
     gate, model = door(clock, alone_ms=10.0), spec("a", slo_ms=50.0)
-    gate.observe_lag(45.0)  # the loop ran a timer 45 ms late: sockets are read that late too
+    for _ in range(3):  # the loop ran its timers 45 ms late, again and again: sockets are read that late too
+        gate.observe_lag(45.0)
     assert gate.wait_ms(clock.now_ms(), clock.now_ms()) == pytest.approx(45.0)
     assert arrive(gate, clock, model, 0.0) == SHED_DEADLINE
     clock.advance_ms(200.0)  # four half-lives
     assert gate.wait_ms(clock.now_ms(), clock.now_ms()) == pytest.approx(45.0 / 16)
     assert arrive(gate, clock, model, 0.0) is None
+
+
+def test_one_stall_of_the_loop_sheds_nothing() -> None:
+    clock = ManualClock(1000.0)
+    gate, model = door(clock, alone_ms=10.0), spec("a", slo_ms=50.0)
+    for lag_ms in (0.1, 0.2, 300.0):  # a collection or a slow write held the loop once
+        gate.observe_lag(lag_ms)
+        clock.advance_ms(5.0)
+    assert gate.wait_ms(clock.now_ms(), clock.now_ms()) < 1.0
+    assert arrive(gate, clock, model, 0.0) is None
+    for _ in range(3):
+        gate.observe_lag(300.0)
+    assert arrive(gate, clock, model, 0.0) == SHED_DEADLINE
 
 
 def test_a_flood_on_one_model_is_shed_while_a_light_model_keeps_getting_in() -> None:

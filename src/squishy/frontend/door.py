@@ -12,7 +12,10 @@ The door sees that wait and keeps it short:
   (``squishy.received_s`` in the ASGI scope, before parsing); the handler's start minus that stamp is
   the wait in the parser and the ready queue. The wait in the kernel's socket buffers is not visible;
   the event loop's lag (a probe that measures how late a timer runs) stands in for it, since a loop that
-  runs callbacks late also reads sockets late. gRPC requests have no earlier stamp: their wait is the lag.
+  runs callbacks late also reads sockets late. Only a *sustained* lag counts (the smallest of the last few
+  samples): one stall (a collection, a slow log write) is a pause, not a backlog, and shedding the requests
+  that follow it would fail a lightly loaded server's clients for nothing. gRPC requests have no earlier
+  stamp: their wait is the lag.
 - **CoDel's rule** (Nichols and Jacobson, 2012; Facebook's variant for RPC servers), with hysteresis. A
   standing queue is one whose *minimum* wait over an interval (100 ms) stays above a threshold: a burst
   that drains does not count. The server is overloaded once that minimum exceeds a quarter of the
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -56,6 +59,8 @@ ENTER_SHARE_OF_BUDGET = 0.25
 # The lag stands in for the wait in socket buffers until it decays: a loop that was late a moment ago
 # still has a backlog to read.
 LAG_HALF_LIFE_MS = 50.0
+# A lag counts once this many probe samples in a row were late by at least that much.
+SUSTAINED_LAG_SAMPLES = 3
 RESERVED_SHARE_PARAMETER = "door_reserved_share"
 
 SHED_DEADLINE = "deadline"  # the wait leaves no room for the model's latency within its SLO
@@ -126,6 +131,7 @@ class Door:
         self._metrics = metrics
         self._lag_ms = 0.0
         self._lag_at_ms = clock.now_ms()
+        self._recent_lags_ms: deque[float] = deque(maxlen=SUSTAINED_LAG_SAMPLES)
         self._interval = _Interval(clock.now_ms())
         self._previous = _Interval(clock.now_ms())  # the last finished interval: the shares judged by
         self.standing = False  # overloaded: a standing queue that threatens SLOs (see _observe)
@@ -137,13 +143,15 @@ class Door:
     def observe_lag(self, lag_ms: float) -> None:
         """A lag probe's sample: how late a timer ran."""
         now_ms = self.clock.now_ms()
-        self._lag_ms = max(max(lag_ms, 0.0), self.lag_ms(now_ms))
+        self._recent_lags_ms.append(max(lag_ms, 0.0))
+        sustained_ms = min(self._recent_lags_ms) if len(self._recent_lags_ms) == SUSTAINED_LAG_SAMPLES else 0.0
+        self._lag_ms = max(sustained_ms, self.lag_ms(now_ms))
         self._lag_at_ms = now_ms
         if self._metrics is not None:
             self._metrics.observe_loop_lag(max(lag_ms, 0.0))
 
     def lag_ms(self, now_ms: float) -> float:
-        """The loop's recent lag, decayed since the last sample."""
+        """The loop's recent sustained lag, decayed since the last sample."""
         elapsed_ms = max(now_ms - self._lag_at_ms, 0.0)
         return self._lag_ms * 0.5 ** (elapsed_ms / LAG_HALF_LIFE_MS)
 
