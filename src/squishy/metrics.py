@@ -227,7 +227,8 @@ class ServerMetrics:
         )
         self._shed = Counter(
             "squishy_door_shed",
-            "Requests shed at the front door, before the serving core, by reason (deadline, queue)",
+            "Requests shed before reaching a backend, by reason (deadline, queue: at the front door; capacity: "
+            "beyond what a task's cheapest allowed variant can serve)",
             ("model", "version", "reason"),
             registry=self.registry,
         )
@@ -237,6 +238,30 @@ class ServerMetrics:
             buckets=LOOP_LAG_BUCKETS_MS,
             registry=self.registry,
         )
+        self._variant_requests = Counter(
+            "squishy_variant_requests",
+            "Requests of a task (a model with variants) sent to each variant",
+            ("model", "variant"),
+            registry=self.registry,
+        )
+        self._variant_chosen = Gauge(
+            "squishy_variant_chosen_accuracy",
+            "Measured accuracy of the variant the plan chose for a task (0 for variants not chosen)",
+            ("model", "variant"),
+            registry=self.registry,
+        )
+        self._variant_share = Gauge(
+            "squishy_variant_admitted_share",
+            "Share of a task's requests the plan serves (the rest exceed its cheapest allowed variant)",
+            ("model",),
+            registry=self.registry,
+        )
+        self._planned_accuracy = Gauge(
+            "squishy_planned_delivered_accuracy",
+            "Accuracy the plan delivers over all tasks' requests, shed requests counted as wrong",
+            registry=self.registry,
+        )
+        self._chosen_variant: dict[str, str] = {}
         self._plan = _PlanCollector()
         self.registry.register(self._plan)
         self._replans = Counter(
@@ -306,6 +331,20 @@ class ServerMetrics:
         """A request shed at the door (never reached the core): a Triton REJECTED failure too."""
         self._shed.labels(model, version, reason).inc()
         self._triton.inc("nv_inference_request_failure", (model, version, "REJECTED"), 1)
+
+    def record_variant(self, task: str, variant: str) -> None:
+        self._variant_requests.labels(task, variant).inc()
+
+    def set_variant_choice(self, task: str, variant: str, accuracy: float, share: float) -> None:
+        previous = self._chosen_variant.get(task)
+        if previous is not None and previous != variant:
+            self._variant_chosen.labels(task, previous).set(0.0)
+        self._chosen_variant[task] = variant
+        self._variant_chosen.labels(task, variant).set(accuracy)
+        self._variant_share.labels(task).set(share)
+
+    def set_planned_accuracy(self, accuracy: float) -> None:
+        self._planned_accuracy.set(accuracy)
 
     def observe_loop_lag(self, lag_ms: float) -> None:
         self._loop_lag_ms.observe(lag_ms)

@@ -28,11 +28,13 @@ from squishy.scheduler.workload import Settings
 
 
 def test_the_policy_is_within_a_point_of_the_exact_best_choice():
+    """One variant per task (no split) against the exact best such choice; splitting a task's rate between
+    two variants only adds accuracy, and stays under the LP bound that covers splits."""
     rng = random.Random(VARIANT_SEED)
     gaps = []
     for _ in range(VARIANT_COUNT):
         tasks, profiles, budget = random_variant_instance(rng)
-        chosen = choose_variants(tasks, profiles, budget)
+        chosen = choose_variants(tasks, profiles, budget, split=False)
         assert len(chosen.plan.backends) <= budget
         assert chosen.shed_rate == 0  # the budget covers the cheapest variants, so nothing is shed
         exact = best_choice(tasks, profiles, budget)
@@ -42,6 +44,10 @@ def test_the_policy_is_within_a_point_of_the_exact_best_choice():
         gaps.append(exact[0] - chosen.delivered_accuracy)
         fixed = best_fixed_variant(tasks, profiles, budget)
         assert fixed is None or chosen.delivered_accuracy >= fixed.delivered_accuracy - 1e-9
+        split = choose_variants(tasks, profiles, budget)
+        relaxed = occupancy_bound(tasks, profiles, budget, split=True)
+        assert len(split.plan.backends) <= budget and relaxed is not None
+        assert chosen.delivered_accuracy - 1e-9 <= split.delivered_accuracy <= relaxed + 1e-9
     assert max(gaps) <= 0.01  # percentage points of delivered accuracy, in the worst case
     assert sum(gap < 1e-9 for gap in gaps) >= 0.8 * len(gaps)  # and most often exactly the best
 
@@ -112,3 +118,16 @@ def test_clear_errors():
         Variant("m", 93.0)
     with pytest.raises(WorkloadError, match="lists a variant twice"):
         Task("t", 100.0, 1.0, (Variant("m", 0.5), Variant("m", 0.6)))
+
+
+def test_one_task_beyond_its_accurate_variants_capacity_is_split_between_two_variants():
+    # The accurate variant costs 5 ms a request: one backend serves 200 req/s of it, the task asks 400.
+    task, profiles = ladder("t", 100.0, 400.0, (1.0, 0.7), (5.0, 0.9))
+    whole = choose_variants([task], profiles, 1, split=False)
+    assert whole.chosen["t"].accuracy == 0.7 and whole.delivered_accuracy == pytest.approx(0.7)
+    split = choose_variants([task], profiles, 1)
+    above, rate = split.upper["t"]
+    # 5x + (400 - x) ms of backend time per second fits one backend for x up to 150 req/s.
+    assert above.accuracy == 0.9 and 100 < rate <= 150
+    assert len(split.plan.backends) == 1 and split.shed_rate == 0
+    assert 0.75 < split.delivered_accuracy <= occupancy_bound([task], profiles, 1, split=True) + 1e-9

@@ -6,10 +6,12 @@ the simulator (simulated clock) run the same rules.
 
 from squishy.control.epochs import EpochPolicy, ReplanReason
 from squishy.control.fitting import DoesNotFit, largest_fitting
-from squishy.control.loop import ControlConfig, ControlLoop, PlanDecision, Planner, PlanRequest
+from squishy.control.loop import Choice, Chooser, ControlConfig, ControlLoop, PlanDecision, Planner, PlanRequest
 from squishy.control.rates import RateEstimator
 
 __all__ = [
+    "Choice",
+    "Chooser",
     "ControlConfig",
     "ControlLoop",
     "DoesNotFit",

@@ -62,6 +62,25 @@ class Planner(Protocol):
 
 
 @dataclass(frozen=True)
+class Choice:
+    """Which session answers each task (a model with variants), and the rates the plan must pack."""
+
+    session_rates: dict[Hashable, float]  # every session to pack, at the rate routed to it
+    routes: dict[Hashable, Hashable]  # task → the session of the variant chosen for it
+    # task → a more accurate variant's session and the share of the task's served requests it answers
+    splits: dict[Hashable, tuple[Hashable, float]] = field(default_factory=dict)
+    served: dict[Hashable, float] = field(default_factory=dict)  # task → the rate served (the rest is shed)
+    accuracy: dict[Hashable, float] = field(default_factory=dict)  # task → the chosen variant's accuracy
+    delivered_accuracy: float | None = None  # over the tasks' requests, shed ones counted as not answered
+
+
+class Chooser(Protocol):
+    """Turns measured rates (of sessions and of tasks) into a choice of variants that fits ``capacity``."""
+
+    def choose(self, rates: Mapping[Hashable, float], capacity: int | None) -> Choice: ...
+
+
+@dataclass(frozen=True)
 class PlanRequest:
     reason: ReplanReason | str
     time_s: float
@@ -74,6 +93,7 @@ class PlanDecision:
     plan: Plan
     headroom: float  # the plan is for this multiple of the measured rates (< 1: capacity binds)
     fits: bool  # False: not even a sliver fits; the plan has more backends than the capacity
+    choice: Choice | None = None  # the variants chosen (None: no task has variants)
 
 
 @dataclass
@@ -81,6 +101,9 @@ class ControlLoop:
     config: ControlConfig
     planner: Planner
     capacity: int | None = None  # backends the plan may use (None: as many as it needs)
+    # Chooses variants for the measured load before sizing (None: every session is one model). The choice
+    # is made for the measured rates, not for the headroom: spare slots are not bought with accuracy.
+    chooser: Chooser | None = None
     plan: Plan | None = None
     headroom: float = 1.0
     planned: dict[Hashable, float] = field(default_factory=dict)  # the rates the running plan was made for
@@ -125,19 +148,24 @@ class ControlLoop:
         return PlanRequest(reason, now_s, request.rates)
 
     def plan_for(self, request: PlanRequest) -> PlanDecision:
-        """The plan for the largest multiple of the request's rates (≤ max_headroom) that fits."""
-        rates = request.rates
+        """The plan for the largest multiple of the request's rates (≤ max_headroom) that fits; with a
+        chooser, of the rates its choice of variants routes to each session."""
+        choice = self.chooser.choose(request.rates, self.capacity) if self.chooser is not None else None
+        rates = choice.session_rates if choice is not None else request.rates
         target = self.config.max_headroom
 
         def scaled(scale: float) -> dict[Hashable, float]:
             return {key: rate * scale for key, rate in rates.items()}
 
+        def decided(plan: Plan, scale: float, fits: bool = True) -> PlanDecision:
+            return PlanDecision(request, plan, scale, fits, choice)
+
         if self.plan is not None:
             moved = self.planner.incremental(self.plan, scaled(target))
             if self.capacity is None or moved.num_backends <= self.capacity:
-                return PlanDecision(request, moved, target, True)
+                return decided(moved, target)
         if self.capacity is None:
-            return PlanDecision(request, self.planner.fresh(scaled(target)), target, True)
+            return decided(self.planner.fresh(scaled(target)), target)
         try:
             scale, fresh = largest_fitting(
                 lambda s: self.planner.fresh(scaled(s)),
@@ -147,12 +175,12 @@ class ControlLoop:
                 relative_tolerance=self.config.fit_tolerance,
             )
         except DoesNotFit as exc:
-            return PlanDecision(request, exc.plan, exc.scale, False)
+            return decided(exc.plan, exc.scale, False)
         if self.plan is not None and scale < target:
             moved = self.planner.incremental(self.plan, scaled(scale))
             if moved.num_backends <= self.capacity:
-                return PlanDecision(request, moved, scale, True)
-        return PlanDecision(request, fresh, scale, True)
+                return decided(moved, scale)
+        return decided(fresh, scale)
 
     def worth_installing(self, decision: PlanDecision) -> bool:
         """Whether to install a plan. A re-plan a trigger asked for (load left its band, a session came or

@@ -235,6 +235,8 @@ def encode_infer_response(
     doc: dict[str, Any] = {"model_name": response.model_name or spec.name, "model_version": response.model_version}
     if request_id:
         doc["id"] = request_id
+    if response.parameters:
+        doc["parameters"] = response.parameters
     doc["outputs"] = outputs
     header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not binary:

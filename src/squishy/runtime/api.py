@@ -160,6 +160,7 @@ class InferResponse:
     model_version: str
     outputs: dict[str, np.ndarray]
     request_id: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)  # response parameters (e.g. which variant answered)
 
 
 @dataclass

@@ -51,8 +51,9 @@ from squishy.runtime.api import (
 )
 from squishy.runtime.backend import BatchSink, BatchTiming, SessionWork, Worker
 from squishy.runtime.executors import Executor, make_executor
-from squishy.runtime.repository import ModelRepository
+from squishy.runtime.repository import PLATFORM_VARIANTS, ModelRepository
 from squishy.runtime.stats import StatisticsBook
+from squishy.runtime.tasks import ServedTask, VariantChooser, VariantSession, task_problem
 from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
 from squishy.scheduler.demand import scheduled_profile
 from squishy.scheduler.replan import replan
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_HEADROOM = 2.0
 
 Reply = Callable[[InferResponse | BaseException], None]
+VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model that answered a task's request
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,9 @@ class _Pending:
 
     reply: Reply
     request: InferRequest
-    spec: ModelSpec
+    spec: ModelSpec  # the model the client called: the task when a variant answers for it
     arrival_ms: float
+    task: ServedTask | None = None
 
 
 @dataclass
@@ -169,12 +172,21 @@ class ServingCore(BatchSink):
         self.clock = clock
         self.stats = StatisticsBook(clock)
         self.control = ControlLoop(self.config.control(), _Planner(self), capacity=self.config.layout.slots)
+        self._chooser = VariantChooser(
+            tasks=lambda: self._valid_tasks,
+            sessions=self._variant_sessions,
+            profiles=lambda: {sid: s.profile for sid, s in self._sessions.items()},
+            slo_ms=lambda sid: self._sessions[sid].spec.slo_ms,
+            settings=self.config.settings,
+        )
         # One lock for every worker on this machine: queue operations are short, and sharing it lets an
         # idle worker steal a batch from a busy one.
         self.lock = threading.Condition()
         self.workers = [Worker(i, self, self.lock, clock) for i in range(self.config.layout.slots)]
         self.machine = Machine([w.turn for w in self.workers])
         self._sessions: dict[str, _Session] = {}
+        self._tasks: dict[str, ServedTask] = {}  # task session id → a model whose variants answer for it
+        self._valid_tasks: dict[str, ServedTask] = {}  # the tasks every variant of which is ready
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
         self._executors: dict[tuple[int, str], Executor] = {}
@@ -264,12 +276,20 @@ class ServingCore(BatchSink):
             spec = self.model_spec(name, version)
         except SquishyError:
             return False
-        return session_id(spec) in self._routers
+        sid = session_id(spec)
+        task = self._valid_tasks.get(sid)
+        if task is not None:
+            return task.route in self._routers
+        # A variant only its tasks call is planned once one of them chooses it (or traffic names it).
+        return sid in self._routers or (sid in self._sessions and spec.name in self._variant_models())
 
     def alone_ms(self, spec: ModelSpec) -> float:
         """How long one request of ``spec`` takes run alone here (its profiled ℓ(1), with the observed
-        slowdown): the least time a request still needs. 0 for a model with no session."""
-        session = self._sessions.get(session_id(spec))
+        slowdown): the least time a request still needs. 0 for a model with no session. A task's is its
+        chosen variant's."""
+        sid = session_id(spec)
+        task = self._valid_tasks.get(sid)
+        session = self._sessions.get(task.route if task is not None and task.route is not None else sid)
         return session.latency.latency_ms(1) if session is not None else 0.0
 
     def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
@@ -288,22 +308,30 @@ class ServingCore(BatchSink):
         request is invalid, its model not scheduled, or it cannot finish within its deadline."""
         spec = self.model_spec(request.model_name, request.model_version)
         sid = session_id(spec)
+        now_ms = self.clock.now_ms()
+        task = self._tasks.get(sid)
+        if task is not None:
+            # The task's rate is what the chooser plans for, so it is counted before any rejection.
+            self.control.record(sid, now_ms / 1000.0)
+            sid = self._admit_task(task, spec)
         router = self._routers.get(sid)
         if router is None:
+            if task is None:
+                self.control.record(sid, now_ms / 1000.0)  # traffic for a variant no task chose plans it
             raise UnavailableError(f"model {spec.name!r} version {spec.version} is not scheduled yet; retry shortly")
         session = self._sessions[sid]
-        now_ms = self.clock.now_ms()
         arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms
         if request.timeout_us > 0:
             budget_ms = min(budget_ms, request.timeout_us / 1000.0)
-        self.control.record(sid, now_ms / 1000.0)
+        if task is None:
+            self.control.record(sid, now_ms / 1000.0)
         item = Item(
             deadline_ms=arrival_ms + budget_ms,
             arrival_ms=arrival_ms,
             size=request.batch_size if spec.max_batch_size > 0 else 1,
             priority=self._priority_level(session, request.priority),
-            payload=_Pending(reply, request, spec, arrival_ms),
+            payload=_Pending(reply, request, spec, arrival_ms, task),
         )
         with self.lock:
             target = self._queue(sid, router, item, now_ms)
@@ -314,6 +342,23 @@ class ServingCore(BatchSink):
                 f"model {spec.name!r}: the request cannot finish within its {budget_ms:g} ms deadline "
                 f"(running it alone takes {alone_ms:.1f} ms here)"
             )
+        return target
+
+    def _admit_task(self, task: ServedTask, spec: ModelSpec) -> str:
+        """The session that answers a task's request, or an error when the plan serves only part of the
+        task's load (requests beyond it are rejected at once, never queued)."""
+        route = task.route
+        if route is None:
+            raise UnavailableError(f"model {spec.name!r} version {spec.version} is not scheduled yet; retry shortly")
+        if not task.admit():
+            self._count_shed(spec, "capacity")
+            floor = f" at or above its accuracy_floor {task.floor:g}" if task.floor > 0 else ""
+            raise UnavailableError(
+                f"model {spec.name!r}: request shed, the load exceeds what its cheapest variant{floor} can serve "
+                f"here ({task.share:.0%} of requests admitted)"
+            )
+        target = task.target() or route
+        self.metrics.record_variant(spec.name, self._sessions[target].spec.name)
         return target
 
     def _queue(self, sid: str, router: DeficitRoundRobin[int], item: Item, now_ms: float) -> int | None:
@@ -343,8 +388,7 @@ class ServingCore(BatchSink):
         specs = await asyncio.to_thread(self.repository.load, name, config_override)
         self._requested.add(name)
         self._unschedulable.pop(name, None)
-        for sid in [sid for sid, s in self._sessions.items() if s.spec.name == name]:
-            del self._sessions[sid]
+        self._forget_model(name)
         for spec in specs:
             await self._add_session(spec)
         await self.replan("load")
@@ -352,13 +396,22 @@ class ServingCore(BatchSink):
     async def unload_model(self, name: str) -> None:
         await asyncio.to_thread(self.repository.unload, name)
         self._requested.discard(name)
-        for sid in [sid for sid, s in self._sessions.items() if s.spec.name == name]:
-            del self._sessions[sid]
+        self._forget_model(name)
         await self.replan("unload")
 
     # ------------------------------------------------------------------------------- sessions
+    def _forget_model(self, name: str) -> None:
+        for sid in [sid for sid, s in self._sessions.items() if s.spec.name == name]:
+            del self._sessions[sid]
+        for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
+            del self._tasks[sid]
+
     async def _add_session(self, spec: ModelSpec) -> None:
         sid = session_id(spec)
+        if spec.platform == PLATFORM_VARIANTS:  # no model of its own: planned through its variants
+            self._tasks[sid] = ServedTask.from_spec(spec)
+            self.stats.ensure(spec.name, spec.version)
+            return
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
@@ -376,6 +429,37 @@ class ServingCore(BatchSink):
     def _scheduling_profile(self, spec: ModelSpec) -> Profile:
         return scheduling_profile(self.repository, spec, self.config)
 
+    def _variant_sessions(self) -> dict[str, VariantSession]:
+        """Model name → its newest version's session (a task's variant is named by model)."""
+        newest: dict[str, _Session] = {}
+        for session in self._sessions.values():
+            known = newest.get(session.spec.name)
+            if known is None or int(session.spec.version) > int(known.spec.version):
+                newest[session.spec.name] = session
+        return {name: VariantSession(s.session_id, s.spec, s.profile) for name, s in newest.items()}
+
+    def _variant_models(self) -> set[str]:
+        return {name for task in self._valid_tasks.values() for name in task.variants}
+
+    def _plan_keys(self, now_s: float) -> list[str]:
+        """The sessions and tasks to plan: every plain session, every task whose variants are all ready,
+        and a variant only when requests name it directly (a variant no task chose costs no backend).
+        Tasks that cannot be served are marked unavailable, with the reason."""
+        sessions = self._variant_sessions()
+        self._valid_tasks = {}
+        for sid, task in self._tasks.items():
+            problem = task_problem(task, sessions)
+            if problem is None:
+                self._valid_tasks[sid] = task
+                self._unschedulable.pop(task.spec.name, None)
+            else:
+                self._unschedulable[task.spec.name] = problem
+        self.control.chooser = self._chooser if self._valid_tasks else None
+        variants = self._variant_models()
+        measured = self.control.measured(now_s)
+        keys = [sid for sid, s in self._sessions.items() if s.spec.name not in variants or measured.get(sid, 0.0) > 0]
+        return keys + list(self._valid_tasks)
+
     # ---------------------------------------------------------------------------------- planning
     async def replan(self, reason: str) -> Plan | None:
         """Plan for the measured rates now, whatever the triggers say, and install the plan."""
@@ -383,7 +467,8 @@ class ServingCore(BatchSink):
             if not self._sessions:
                 self._commit(None)
                 return None
-            request = self.control.request(self.clock.now_ms() / 1000.0, list(self._sessions), reason)
+            now_s = self.clock.now_ms() / 1000.0
+            request = self.control.request(now_s, self._plan_keys(now_s), reason)
             prepared = await asyncio.to_thread(self.prepare, request)
             self._commit(prepared)
             return self.plan
@@ -406,7 +491,7 @@ class ServingCore(BatchSink):
         )
         if not self._sessions:
             return None
-        return self.control.decide(now_s, list(self._sessions))
+        return self.control.decide(now_s, self._plan_keys(now_s))
 
     def install_plan(self, plan: Plan, reason: str = "manual") -> None:
         """Run ``plan`` from now on (an operator's or a test's plan; the control loop's next re-plan starts
@@ -442,6 +527,7 @@ class ServingCore(BatchSink):
         Returns whether a plan was installed."""
         if prepared is None:
             with self.lock:
+                self._route_tasks(None)
                 self._install(None, Assignment({}, {}))
             self.control.forget()
             return False
@@ -450,6 +536,7 @@ class ServingCore(BatchSink):
             self.control.skip(decision)
             return False
         with self.lock:
+            self._route_tasks(decision)
             moved = self._install(decision.plan, prepared.assignment)
         self.control.installed(decision)
         self.metrics.record_replan(str(decision.request.reason), moved)
@@ -461,6 +548,25 @@ class ServingCore(BatchSink):
             decision.headroom,
         )
         return True
+
+    def _route_tasks(self, decision: PlanDecision | None) -> None:
+        """Under the lock: point each task at the variant the decision chose, at the share it serves."""
+        choice = decision.choice if decision is not None else None
+        for sid, task in self._tasks.items():
+            route = choice.routes.get(sid) if choice is not None else None
+            task.route = str(route) if route is not None else None
+            task.accuracy = choice.accuracy.get(sid) if choice is not None else None
+            split = choice.splits.get(sid) if choice is not None else None
+            task.upper_route = str(split[0]) if split is not None else None
+            task.upper_share = split[1] if split is not None else 0.0
+            asked = decision.request.rates.get(sid, 0.0) if decision is not None else 0.0
+            served = choice.served.get(sid, asked) if choice is not None else asked
+            task.share = min(1.0, served / asked) if asked > 0 else 1.0
+            if task.route is not None:
+                variant = self._sessions[task.route].spec.name
+                self.metrics.set_variant_choice(task.spec.name, variant, task.accuracy or 0.0, task.share)
+        if choice is not None and choice.delivered_accuracy is not None:
+            self.metrics.set_planned_accuracy(choice.delivered_accuracy)
 
     def _load_executors(self, assignment: Assignment) -> None:
         """Create every executor the assignment needs that is missing (before the switch)."""
@@ -507,6 +613,9 @@ class ServingCore(BatchSink):
         self.requests_moved += len(orphans)
         now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session
+            task = item.payload.task
+            if task is not None and task.route is not None:
+                sid = task.route  # or to the variant now chosen for their task
             router = self._routers.get(sid)
             if router is None:
                 self._count_failed(item)
@@ -576,11 +685,14 @@ class ServingCore(BatchSink):
         answers: list[tuple[Reply, InferResponse | BaseException]] = []
         for item, output in zip(items, outputs, strict=True):
             pending: _Pending = item.payload
+            called = pending.spec  # the task, when a variant answered for it
             latency_ms = finish_ms - pending.arrival_ms
             met = finish_ms <= item.deadline_ms
-            self.stats.record_success(spec.name, spec.version, round(latency_ms * 1e6))
-            self.metrics.record_request(spec.name, spec.version, "met" if met else "late", latency_ms)
-            answers.append((pending.reply, InferResponse(spec.name, spec.version, output, pending.request.request_id)))
+            self.stats.record_success(called.name, called.version, round(latency_ms * 1e6))
+            self.metrics.record_request(called.name, called.version, "met" if met else "late", latency_ms)
+            parameters = {VARIANT_PARAMETER: spec.name} if pending.task is not None else {}
+            response = InferResponse(called.name, called.version, output, pending.request.request_id, parameters)
+            answers.append((pending.reply, response))
         _deliver(answers)
 
     def batch_failed(self, slot: Slot, items: Sequence[Item], error: BaseException) -> None:
@@ -591,16 +703,19 @@ class ServingCore(BatchSink):
         _deliver([(item.payload.reply, message) for item in items])
 
     def dropped(self, slot: Slot, items: Sequence[Item]) -> None:
-        work: SessionWork = slot.payload
-        self._count_dropped(work.spec, items)
-        error = _dropped_error(work.spec)
-        _deliver([(item.payload.reply, error) for item in items])
+        for item in items:
+            self._count_dropped(item.payload.spec, [item])
+        _deliver([(item.payload.reply, _dropped_error(item.payload.spec)) for item in items])
 
     def _count_dropped(self, spec: ModelSpec, items: Sequence[Item]) -> None:
         now_ms = self.clock.now_ms()
         for item in items:
             self.stats.record_failure(spec.name, spec.version, round((now_ms - item.payload.arrival_ms) * 1e6))
             self.metrics.record_request(spec.name, spec.version, "dropped")
+
+    def _count_shed(self, spec: ModelSpec, reason: str) -> None:
+        self.stats.record_failure(spec.name, spec.version, 0)
+        self.metrics.record_shed(spec.name, spec.version, reason)
 
     def _count_failed(self, item: Item) -> None:
         spec = item.payload.spec

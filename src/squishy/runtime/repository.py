@@ -57,6 +57,12 @@ UNAVAILABLE = "UNAVAILABLE"
 
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_TORCH = "pytorch_libtorch"
+# A task served by whichever of its variant models the plan chose (``parameters`` ``variants``); it has
+# no model file and needs no version directory.
+PLATFORM_VARIANTS = "squishy_variants"
+PARAM_VARIANTS = "variants"
+PARAM_ACCURACY = "accuracy"
+PARAM_ACCURACY_FLOOR = "accuracy_floor"
 # Triton lets a config name a backend instead of a platform.
 BACKEND_TO_PLATFORM = {"onnxruntime": PLATFORM_ONNX, "pytorch": PLATFORM_TORCH}
 DEFAULT_MODEL_FILENAME = {PLATFORM_ONNX: "model.onnx", PLATFORM_TORCH: "model.pt"}
@@ -486,6 +492,13 @@ def read_model(
         if config.name and config.name != name:
             raise ConfigError(f"config name {config.name!r} differs from the directory name {name!r}")
         config.name = name
+        if config.backend == PLATFORM_VARIANTS and not config.platform:
+            config.platform = PLATFORM_VARIANTS
+        if config.platform == PLATFORM_VARIANTS:
+            spec = _read_task(model_dir, config, default_slo_ms)
+            result.specs[spec.version] = spec
+            result.states.append(ModelState(name, spec.version, READY))
+            return result
         versions = version_dirs(model_dir)
         if not versions:
             raise ConfigError(f"{name}: no version directories (numeric subdirectories such as {name}/1/)")
@@ -536,6 +549,8 @@ def _resolve_platform(config: ModelConfig, model_dir: Path, versions: Mapping[in
                 f"backend {config.backend!r} is not supported (supported: {', '.join(BACKEND_TO_PLATFORM)})"
             )
         config.platform = platform
+    if config.platform == PLATFORM_VARIANTS:
+        return
     if not config.platform:
         # Guess from the files, as Triton's auto-complete does: the newest version decides.
         newest = versions[max(versions)]
@@ -556,6 +571,62 @@ def _resolve_platform(config: ModelConfig, model_dir: Path, versions: Mapping[in
         )
     if not config.backend:
         config.backend = next(b for b, p in BACKEND_TO_PLATFORM.items() if p == config.platform)
+
+
+def variant_names(spec: ModelSpec) -> tuple[str, ...]:
+    """The variant models a task lists, in the order given."""
+    return tuple(n.strip() for n in spec.parameters.get(PARAM_VARIANTS, "").split(",") if n.strip())
+
+
+def _read_task(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> ModelSpec:
+    """A task: its tensors declared in full (its variants must match them), its variants named."""
+    name = model_dir.name
+    listed = config.parameters[PARAM_VARIANTS].string_value if PARAM_VARIANTS in config.parameters else ""
+    variants = [v.strip() for v in listed.split(",") if v.strip()]
+    if not variants:
+        raise ConfigError(
+            f"{name}: platform {PLATFORM_VARIANTS} needs parameter variants (model names, comma-separated)"
+        )
+    for variant in variants:
+        try:
+            check_model_name(variant)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}: variant {variant!r}: {exc}") from None
+        if variant == name:
+            raise ConfigError(f"{name}: a task cannot be its own variant")
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"{name}: parameter variants lists a model twice")
+    if PARAM_ACCURACY_FLOOR in config.parameters:
+        text = config.parameters[PARAM_ACCURACY_FLOOR].string_value
+        if parse_accuracy(text) is None:
+            raise ConfigError(f"{name}: parameter accuracy_floor={text!r} is not a number within [0, 1]")
+    _check_declared_tensors(config)
+    slo_ms = _apply_settings(config, default_slo_ms)
+    config.backend = PLATFORM_VARIANTS
+    return ModelSpec(
+        name=name,
+        version="1",
+        platform=PLATFORM_VARIANTS,
+        max_batch_size=int(config.max_batch_size),
+        inputs=_tensor_specs(config.input),
+        outputs=_tensor_specs(config.output),
+        slo_ms=slo_ms,
+        config=config,
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+    )
+
+
+def parse_accuracy(text: str) -> float | None:
+    """An accuracy parameter (a share within [0, 1]), or None if it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def _tensor_specs(entries: Any) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(e.name, oip_datatype(e.data_type), tuple(int(d) for d in e.dims)) for e in entries)
 
 
 def _read_version(
@@ -579,17 +650,13 @@ def _read_version(
             raise ConfigError(f"{rel}: platform {config.platform} needs PyTorch (pip install torch==2.13.0)")
         _check_declared_tensors(config)
     slo_ms = _apply_settings(config, default_slo_ms)
-
-    def specs(entries: Any) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(e.name, oip_datatype(e.data_type), tuple(int(d) for d in e.dims)) for e in entries)
-
     return ModelSpec(
         name=model_dir.name,
         version=str(version),
         platform=config.platform,
         max_batch_size=int(config.max_batch_size),
-        inputs=specs(config.input),
-        outputs=specs(config.output),
+        inputs=_tensor_specs(config.input),
+        outputs=_tensor_specs(config.output),
         slo_ms=slo_ms,
         model_path=model_path,
         config=config,

@@ -19,6 +19,10 @@ The policy, a planner policy beside the packing (it calls ``make_plan``, it does
    the server, never queued). A task at its accuracy floor is shed, never degraded below it.
 4. Then improve by local search: upgrade one task, degrade the others by the same rule until the plan
    fits again, and keep the best such move while one raises the delivered accuracy.
+5. Whole rungs leave room: the last degradation usually freed more than the plan needed. Spend it by
+   splitting: send the largest share of a degraded task's rate that still fits to a more accurate
+   variant (the fractional knapsack's one split item), the steepest gain per backend time first. One
+   task at twice its accurate variant's capacity is then served half and half, not all degraded.
 
 Everything here is pure: workload and profiles in, a ``VariantPlan`` out.
 """
@@ -42,6 +46,7 @@ from squishy.scheduler.workload import Device, Session, Settings, Workload
 LOCAL_SEARCH_PACKINGS = 2000
 LOCAL_SEARCH_PACKING_TASKS = 12_000
 SHED_SEARCH_STEPS = 30  # bisection steps on the share of the rate served
+SPLIT_SEARCH_STEPS = 12  # bisection steps on the share of a task's rate sent to a more accurate variant
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class VariantPlan:
     budget_backends: int
     degraded: tuple[str, ...] = ()  # tasks not on their most accurate allowed variant
     notes: tuple[str, ...] = field(default=())
+    # task → a more accurate variant and the requests/s of the served rate it answers (split tasks only)
+    upper: Mapping[str, tuple[Variant, float]] = field(default_factory=dict)
 
     @property
     def total_rate(self) -> float:
@@ -97,7 +104,7 @@ class VariantPlan:
     @property
     def delivered_accuracy(self) -> float:
         """Requests answered correctly over requests sent (shed ones count as not answered)."""
-        return delivered_accuracy(self.tasks, self.chosen, self.served_rate)
+        return delivered_accuracy(self.tasks, self.chosen, self.served_rate, self.upper)
 
     @property
     def served_accuracy(self) -> float:
@@ -105,17 +112,38 @@ class VariantPlan:
         served = sum(self.served_rate.values())
         if served <= 0:
             return 0.0
-        return sum(self.served_rate[t] * v.accuracy for t, v in self.chosen.items()) / served
+        return _correct(self.tasks, self.chosen, self.served_rate, self.upper) / served
 
 
 def delivered_accuracy(
-    tasks: Sequence[Task], chosen: Mapping[str, Variant], served_rate: Mapping[str, float] | None = None
+    tasks: Sequence[Task],
+    chosen: Mapping[str, Variant],
+    served_rate: Mapping[str, float] | None = None,
+    upper: Mapping[str, tuple[Variant, float]] | None = None,
 ) -> float:
     total = sum(t.rate for t in tasks)
     if total <= 0:
         return 0.0
     served = served_rate or {t.name: t.rate for t in tasks}
-    return sum(served[t.name] * chosen[t.name].accuracy for t in tasks) / total
+    return _correct(tasks, chosen, served, upper or {}) / total
+
+
+def _correct(
+    tasks: Sequence[Task],
+    chosen: Mapping[str, Variant],
+    served: Mapping[str, float],
+    upper: Mapping[str, tuple[Variant, float]],
+) -> float:
+    """Requests/s answered correctly."""
+    total = 0.0
+    for task in tasks:
+        rate = served[task.name]
+        above = upper.get(task.name)
+        if above is not None:
+            total += above[1] * above[0].accuracy
+            rate -= above[1]
+        total += rate * chosen[task.name].accuracy
+    return total
 
 
 # ------------------------------------------------------------------------------------------- costs
@@ -153,12 +181,26 @@ def frontier(task: Task, profiles: Mapping[str, Profile], settings: Settings) ->
 
 
 # ------------------------------------------------------------------------------------------- packing
-def sessions_for(tasks: Sequence[Task], chosen: Mapping[str, Variant], served_rate: Mapping[str, float]) -> Workload:
+def sessions_for(
+    tasks: Sequence[Task],
+    chosen: Mapping[str, Variant],
+    served_rate: Mapping[str, float],
+    upper: Mapping[str, tuple[Variant, float]] | None = None,
+) -> Workload:
     """The sessions a choice asks the packing for; tasks that chose the same model at one SLO share one."""
     rates: dict[tuple[str, float], float] = {}
+
+    def add(model: str, slo_ms: float, rate: float) -> None:
+        if rate > 0:
+            rates[(model, slo_ms)] = rates.get((model, slo_ms), 0.0) + rate
+
     for task in tasks:
-        key = (chosen[task.name].model, task.slo_ms)
-        rates[key] = rates.get(key, 0.0) + served_rate[task.name]
+        rate = served_rate[task.name]
+        above = (upper or {}).get(task.name)
+        if above is not None:
+            add(above[0].model, task.slo_ms, above[1])
+            rate -= above[1]
+        add(chosen[task.name].model, task.slo_ms, rate)
     return Workload(sessions=tuple(Session(model, slo, rate) for (model, slo), rate in rates.items()))
 
 
@@ -173,20 +215,32 @@ class ChoicePacker:
     budget: int
     packings: int = 0  # make_plan calls so far
     search_limit: int = 0  # the local search stops when ``packings`` reaches it
-    _plans: dict[tuple[tuple[str, str, float], ...], Plan] = field(default_factory=dict)
+    _plans: dict[tuple[object, ...], Plan] = field(default_factory=dict)
 
-    def plan(self, chosen: Mapping[str, Variant], served: Mapping[str, float]) -> Plan:
-        key = tuple((t.name, chosen[t.name].model, round(served[t.name], 9)) for t in self.tasks)
+    def plan(
+        self,
+        chosen: Mapping[str, Variant],
+        served: Mapping[str, float],
+        upper: Mapping[str, tuple[Variant, float]] | None = None,
+    ) -> Plan:
+        key: tuple[object, ...] = tuple((t.name, chosen[t.name].model, round(served[t.name], 9)) for t in self.tasks)
+        if upper:
+            key += tuple(sorted((name, v.model, round(rate, 9)) for name, (v, rate) in upper.items()))
         plan = self._plans.get(key)
         if plan is None:
-            sessions = sessions_for(self.tasks, chosen, served).sessions
+            sessions = sessions_for(self.tasks, chosen, served, upper).sessions
             workload = Workload(sessions=sessions, settings=self.settings, device=Device(memory_mb=self.memory_mb))
             plan = self._plans[key] = make_plan(workload, self.profiles)
             self.packings += 1
         return plan
 
-    def fits(self, chosen: Mapping[str, Variant], served: Mapping[str, float]) -> bool:
-        return len(self.plan(chosen, served).backends) <= self.budget
+    def fits(
+        self,
+        chosen: Mapping[str, Variant],
+        served: Mapping[str, float],
+        upper: Mapping[str, tuple[Variant, float]] | None = None,
+    ) -> bool:
+        return len(self.plan(chosen, served, upper).backends) <= self.budget
 
 
 # ------------------------------------------------------------------------------------------- the policy
@@ -200,9 +254,11 @@ def choose_variants(
     *,
     settings: Settings | None = None,
     memory_mb: float | None = None,
+    split: bool = True,
 ) -> VariantPlan:
     """Pick a variant and a served rate per task so the plan fits ``budget_backends``, maximising the
-    delivered accuracy (see the module's docstring for the policy)."""
+    delivered accuracy (see the module's docstring for the policy; ``split`` False stops after step 4,
+    one variant per task)."""
     settings = settings or Settings()
     if budget_backends < 0:
         raise WorkloadError("the budget of backends must be >= 0")
@@ -225,15 +281,17 @@ def choose_variants(
         served = {t.name: t.rate * share for t in tasks}
         notes.append(f"demand exceeds the budget on the cheapest allowed variants: {share:.1%} of each rate served")
     chosen = _improve(packer, tasks, ladders, chosen, served)
+    upper = _split(packer, tasks, ladders, chosen, served) if split and not notes else {}
     degraded = tuple(t.name for t in tasks if chosen[t.name] != top[t.name])
     return VariantPlan(
         tasks=tuple(tasks),
         chosen=chosen,
         served_rate=served,
-        plan=packer.plan(chosen, served),
+        plan=packer.plan(chosen, served, upper),
         budget_backends=budget_backends,
         degraded=degraded,
         notes=tuple(notes),
+        upper=upper,
     )
 
 
@@ -330,6 +388,44 @@ def _improve(
             return chosen
         chosen = best
     return chosen
+
+
+def _split(
+    packer: ChoicePacker,
+    tasks: Sequence[Task],
+    ladders: Ladders,
+    chosen: Mapping[str, Variant],
+    served: Mapping[str, float],
+) -> dict[str, tuple[Variant, float]]:
+    """Per degraded task, the steepest step up its ladder, and the largest share of its rate that the
+    budget carries there (bisection), taken in order of accuracy gained per backend time."""
+    steps = []
+    for task in tasks:
+        if served[task.name] <= 0:
+            continue
+        ladder = ladders[task.name]
+        here = chosen[task.name]
+        here_cost = _cost(ladder, here)
+        ups = [
+            ((above.accuracy - here.accuracy) / max(cost - here_cost, 1e-12), above)
+            for above, cost in ladder
+            if above.accuracy > here.accuracy
+        ]
+        if ups:
+            gain, above = max(ups, key=lambda gv: gv[0])
+            steps.append((-gain, task.name, above))
+    upper: dict[str, tuple[Variant, float]] = {}
+    for _, name, above in sorted(steps, key=lambda step: (step[0], step[1])):
+        low, high = 0.0, 1.0
+        for _ in range(SPLIT_SEARCH_STEPS):
+            middle = (low + high) / 2.0
+            if packer.fits(chosen, served, {**upper, name: (above, served[name] * middle)}):
+                low = middle
+            else:
+                high = middle
+        if low > 0:
+            upper[name] = (above, served[name] * low)
+    return upper
 
 
 def _ascend(

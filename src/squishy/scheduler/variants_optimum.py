@@ -65,9 +65,16 @@ def best_choice(
 
 
 def occupancy_bound(
-    tasks: Sequence[Task], profiles: Mapping[str, Profile], budget_backends: int, *, settings: Settings | None = None
+    tasks: Sequence[Task],
+    profiles: Mapping[str, Profile],
+    budget_backends: int,
+    *,
+    settings: Settings | None = None,
+    split: bool = False,
 ) -> float | None:
-    """An upper bound on the delivered accuracy of any choice that serves every task in full (ILP)."""
+    """An upper bound on the delivered accuracy of any choice that serves every task in full: an ILP over
+    whole variants, or with ``split`` its LP relaxation, which bounds choices that split a task's rate
+    between variants too (a request costs at least its variant's cost at the saturating batch)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     settings = settings or Settings()
@@ -89,7 +96,12 @@ def occupancy_bound(
         LinearConstraint(one_each, 1.0, 1.0),
         LinearConstraint(np.array([cost]), -np.inf, float(budget_backends)),
     ]
-    result = milp(np.array(objective), constraints=constraints, integrality=np.ones(count), bounds=Bounds(0, 1))
+    result = milp(
+        np.array(objective),
+        constraints=constraints,
+        integrality=np.zeros(count) if split else np.ones(count),
+        bounds=Bounds(0, 1),
+    )
     if not result.success:
         return None
     return float(-result.fun)
