@@ -244,6 +244,12 @@ class ServerMetrics:
             ("model", "variant"),
             registry=self.registry,
         )
+        self._variant_fallbacks = Counter(
+            "squishy_variant_fallbacks",
+            "Requests of a task that a burst moved from the variant chosen at admission to a cheaper one",
+            ("model", "planned", "variant"),
+            registry=self.registry,
+        )
         self._variant_chosen = Gauge(
             "squishy_variant_chosen_accuracy",
             "Measured accuracy of the variant the plan chose for a task (0 for variants not chosen)",
@@ -334,6 +340,9 @@ class ServerMetrics:
 
     def record_variant(self, task: str, variant: str) -> None:
         self._variant_requests.labels(task, variant).inc()
+
+    def record_variant_fallback(self, task: str, planned: str, variant: str) -> None:
+        self._variant_fallbacks.labels(task, planned, variant).inc()
 
     def set_variant_choice(self, task: str, variant: str, accuracy: float, share: float) -> None:
         previous = self._chosen_variant.get(task)

@@ -1,9 +1,9 @@
 """The array form of the session queue makes the same decisions as the per-request form.
 
 Random sequences of chunk pushes (deadlines in any order, with ties; multi-row and prioritised requests),
-admissions, batch formations, sweeps, expiries and slowdown changes are replayed on ``SessionQueue``
-and ``ArraySessionQueue`` over latency tables with plateaus (padded batch sizes: ℓ is non-decreasing,
-not strictly increasing); every drop and every batch must match."""
+admissions, batch formations, sweeps, expiries, removals of requests at risk and slowdown changes are
+replayed on ``SessionQueue`` and ``ArraySessionQueue`` over latency tables with plateaus (padded batch
+sizes: ℓ is non-decreasing, not strictly increasing); every drop and every batch must match."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ operation = st.one_of(
     st.tuples(st.just("sweep"), st.integers(0, 60)),
     st.tuples(st.just("expire"), st.integers(0, 60)),
     st.tuples(st.just("slowdown"), st.floats(0.5, 3.0)),
+    st.tuples(st.just("at_risk"), st.integers(0, 60), st.integers(1, 8), st.floats(0.0, 20.0), st.floats(0.0, 10.0)),
 )
 
 
@@ -79,6 +80,10 @@ def test_array_queue_matches_session_queue(drop, operations, increments, unit_on
         elif op[0] == "expire":
             gone = reference.expire(float(op[1]))
             assert sorted(tags(fast.expire(float(op[1])))) == sorted(item.payload for item in gone)
+        elif op[0] == "at_risk":
+            now, limit, round_ms, guard = float(op[1]), op[2], op[3], op[4]
+            gone = reference.take_at_risk(now, limit, round_ms, guard)
+            assert sorted(tags(fast.take_at_risk(now, limit, round_ms, guard))) == sorted(i.payload for i in gone)
         else:
             model.slowdown = op[1]
         assert len(fast) == len(reference)

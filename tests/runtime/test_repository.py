@@ -339,3 +339,47 @@ def test_the_profile_cli_writes_where_the_repository_looks(tmp_path: Path) -> No
     served = repo.profile(spec, threads=1)
     assert not list((tmp_path / "lin" / "1").glob("*.profile-cache.json"))
     assert dict(served.batch_ms) == dict(written.batch_ms)
+
+
+TASK = """
+name: "task"
+platform: "squishy_variants"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+"""
+
+
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        ("", "needs parameter variants"),
+        ('parameters { key: "variants" value { string_value: "a,a" } }', "lists a model twice"),
+        ('parameters { key: "variants" value { string_value: "task" } }', "cannot be its own variant"),
+        ('parameters { key: "variants" value { string_value: "../up" } }', "variant '../up'"),
+        (
+            'parameters { key: "variants" value { string_value: "a" } }\n'
+            'parameters { key: "accuracy_floor" value { string_value: "1.5" } }',
+            "accuracy_floor='1.5' is not a number within [0, 1]",
+        ),
+    ],
+)
+def test_a_task_config_that_cannot_name_its_variants_is_unavailable_with_its_reason(
+    tmp_path: Path, parameters: str, reason: str
+) -> None:
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "config.pbtxt").write_text(TASK + parameters)
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(ModelLoadError) as err:
+        repo.load("task")
+    assert reason in str(err.value)
+
+
+def test_a_task_needs_no_version_directory(tmp_path: Path) -> None:
+    (tmp_path / "task").mkdir()
+    variants = 'parameters { key: "variants" value { string_value: "a,b" } }'
+    (tmp_path / "task" / "config.pbtxt").write_text(TASK + variants)
+    repo = ModelRepository(tmp_path)
+    [spec] = repo.load("task")
+    assert spec.platform == "squishy_variants" and spec.version == "1" and spec.model_path is None
+    assert [t.name for t in spec.inputs] == ["x"] and spec.parameters["variants"] == "a,b"

@@ -125,3 +125,19 @@ def test_a_task_whose_variant_lacks_a_measured_accuracy_is_not_ready_with_the_re
     assert server.core.model_ready("big")  # the variants themselves still serve
     with pytest.raises(ModelNotReadyError, match="no parameter accuracy"):
         server.core.submit(request("x"), lambda _: None)
+
+
+def test_a_burst_beyond_the_costlier_variant_is_answered_by_the_cheaper_one_beside_it(tmp_path: Path):
+    server = started(task_repository(tmp_path))
+    steady = offer(server, 300, 0.0, 8.0, "s")  # split between "big" and "small" on the one slot
+    # 80 requests in 8 ms: "big" alone would finish about 18 of them within the 200 ms SLO (10 ms each,
+    # beside "small"'s turns); the rest would be dropped.
+    burst = [f"b{i}" for i in range(80)]
+    for i, rid in enumerate(burst):
+        server.submit_at(8000.0 + i * 0.1, request(rid))
+    server.run(10_000.0)
+    assert all(server.outcomes[rid].status == "good" for rid in burst)
+    assert all(server.outcomes[rid].status == "good" for rid in steady[len(steady) // 2 :])
+    assert variants_that_answered(server, burst)["small"] > 0
+    text = server.core.metrics.exposition().decode()
+    assert 'squishy_variant_fallbacks_total{model="digit",planned="big",variant="small"}' in text

@@ -154,6 +154,23 @@ class SessionQueue:
             return self._remove(lambda item: item.deadline_ms < now_ms + self.latency_ms(item.size))
         return self.expire(now_ms)
 
+    def take_at_risk(self, now_ms: float, max_batch: int, round_ms: float, guard_ms: float) -> list[Item]:
+        """Remove and return the requests that, served from here in order (``max_batch`` inputs a turn, one
+        turn every ``round_ms``), would finish later than ``guard_ms`` before their deadline."""
+        flags = at_risk([item.size for item in self._items], [item.deadline_ms for item in self._items],
+                        now_ms, max_batch, round_ms, guard_ms, self.latency_ms)  # fmt: skip
+        if not any(flags):
+            return []
+        doomed = {id(item) for item, flag in zip(self._items, flags, strict=True) if flag}
+        return self._remove(lambda item: id(item) in doomed)
+
+    def adopt(self, items: list[Item], now_ms: float) -> tuple[list[Item], list[Item]]:
+        """Queue requests another variant's queue gave up (``take_at_risk``); returns (queued, hopeless)."""
+        queued, hopeless = [], []
+        for item in items:
+            (queued if self.admit(item, now_ms) else hopeless).append(item)
+        return queued, hopeless
+
     def _remove(self, doomed: Callable[[Item], bool]) -> list[Item]:
         gone = [item for item in self._items if doomed(item)]
         if gone:
@@ -208,6 +225,32 @@ def first_window_in_time(
         if earliest[0] == start:
             earliest.popleft()
     return count
+
+
+def at_risk(
+    sizes: Sequence[int],
+    deadlines_ms: Sequence[float],
+    now_ms: float,
+    max_batch: int,
+    round_ms: float,
+    guard_ms: float,
+    latency_ms: LatencyFn,
+) -> list[bool]:
+    """Per queued request (in queue order), whether it would finish later than ``guard_ms`` before its
+    deadline if the queue were served as it stands: windows of ``max_batch`` inputs from the head, one
+    per turn of the backend, a turn every ``round_ms`` (the other sessions' batches in between)."""
+    flags = []
+    start = 0
+    turn = 0
+    count = len(sizes)
+    while start < count:
+        length = window_length(list(sizes[start : start + max_batch]), max_batch)
+        inputs = sum(sizes[start : start + length])
+        finish_ms = now_ms + turn * round_ms + latency_ms(inputs)
+        flags.extend(finish_ms > deadlines_ms[i] - guard_ms for i in range(start, start + length))
+        start += length
+        turn += 1
+    return flags
 
 
 def window_length(sizes: list[int], max_batch: int) -> int:
@@ -479,6 +522,34 @@ class ArraySessionQueue:
             return self._take_prefix(lazy_drop_start(deadlines, now_ms))
         return self._remove(deadlines < now_ms)
 
+    def take_at_risk(self, now_ms: float, max_batch: int, round_ms: float, guard_ms: float) -> ArrayItems:
+        """``SessionQueue.take_at_risk``."""
+        if len(self) == 0:
+            return _NO_ITEMS
+        head = self._head
+        deadlines = self._deadlines[head:]
+        if self._sizes is None:
+            turns = np.arange(len(deadlines)) // max_batch
+            inputs = np.minimum(max_batch, len(deadlines) - turns * max_batch)
+            finish = now_ms + turns * round_ms + self.latency.latencies_ms(inputs)
+            return self._remove(finish > deadlines - guard_ms)
+        flags = at_risk(self._sizes[head:].tolist(), deadlines.tolist(), now_ms, max_batch, round_ms, guard_ms,
+                        self.latency.latency_ms)  # fmt: skip
+        return self._remove(np.array(flags, dtype=bool))
+
+    def adopt(self, items: ArrayItems, now_ms: float) -> tuple[ArrayItems, ArrayItems]:
+        """``SessionQueue.adopt``: queue what can still finish alone here; returns (queued, hopeless)."""
+        if len(items) == 0:
+            return items, items
+        sizes = np.ones(len(items), dtype=np.int64) if items.sizes is None else items.sizes
+        if self.drop is DropPolicy.EARLY:
+            fits = now_ms + self.latency.latencies_ms(sizes) <= items.deadlines_ms
+        else:
+            fits = np.ones(len(items), dtype=bool)
+        queued, hopeless = _select(items, fits), _select(items, ~fits)
+        self.push_many(queued.deadlines_ms, queued.arrivals_ms, queued.tags, queued.sizes, queued.priorities)
+        return queued, hopeless
+
     def drain(self) -> ArrayItems:
         """Remove and return everything queued (a re-plan moves the queue with its session)."""
         out = self._slice(self._head, len(self._deadlines))
@@ -518,3 +589,13 @@ class ArraySessionQueue:
         self._head = 0
         self._inputs -= gone.inputs
         return gone
+
+
+def _select(items: ArrayItems, mask: np.ndarray) -> ArrayItems:
+    return ArrayItems(
+        items.deadlines_ms[mask],
+        items.arrivals_ms[mask],
+        items.tags[mask],
+        None if items.sizes is None else items.sizes[mask],
+        None if items.priorities is None else items.priorities[mask],
+    )

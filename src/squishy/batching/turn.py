@@ -60,6 +60,10 @@ class Slot:
     batch: int
     dispatch: Dispatch = field(default_factory=SquishyDispatch)
     payload: Any = None
+    # A cheaper variant of the same task on this backend: requests this queue would finish later than
+    # ``fallback_guard_ms`` before their deadline run there instead of being dropped or answered late.
+    fallback: Hashable | None = None
+    fallback_guard_ms: float = 0.0
 
 
 @dataclass(eq=False)
@@ -71,6 +75,7 @@ class Turn:
     batch: Any = None  # the queue's batch: a list of Items, or ArrayItems
     stolen: bool = False  # the slot belongs to a peer
     dropped: list[tuple[Slot, Any]] = field(default_factory=list)  # (slot, its dropped requests)
+    fell_back: list[tuple[Slot, Slot, Any]] = field(default_factory=list)  # (from, to, requests moved)
 
 
 class BackendTurn:
@@ -117,6 +122,7 @@ class BackendTurn:
                 kept.append(slot)
                 continue
             current.batch, current.dispatch, current.payload = slot.batch, slot.dispatch, slot.payload
+            current.fallback, current.fallback_guard_ms = slot.fallback, slot.fallback_guard_ms
             kept.append(current)
         staying = {slot.session for slot in kept}
         leaving = [slot for slot in self.slots if slot.session not in staying]
@@ -135,6 +141,7 @@ class BackendTurn:
     def next(self, now_ms: float) -> Turn:
         """Sweep, then this backend's own next batch, or else a batch stolen from a busy peer."""
         turn = Turn(self)
+        self._fall_back(now_ms, turn)  # first: what a costlier variant would drop, a cheaper one may serve
         for slot in self.slots:
             gone = slot.queue.sweep(now_ms)
             if len(gone):
@@ -146,6 +153,32 @@ class BackendTurn:
         if turn.slot is None:
             self._steal(now_ms, turn)
         return turn
+
+    def _fall_back(self, now_ms: float, turn: Turn) -> None:
+        """Per-request choice under bursts: a variant's requests that its queue would not finish in time
+        move to the cheaper variant the plan put beside it on this backend (before they are dropped)."""
+        for slot in self.slots:
+            if slot.fallback is None or len(slot.queue) == 0:
+                continue
+            target = self._by_session.get(slot.fallback)
+            if target is None:
+                continue
+            limit = slot.dispatch.batch_limit(slot.batch)
+            round_ms = sum(
+                other.queue.latency_ms(min(other.queue.inputs, other.dispatch.batch_limit(other.batch)))
+                for other in self.slots
+                if other is not slot and other.queue.inputs
+            )
+            risky = slot.queue.take_at_risk(
+                now_ms, limit, round_ms + slot.queue.latency_ms(limit), slot.fallback_guard_ms
+            )
+            if not len(risky):
+                continue
+            moved, hopeless = target.queue.adopt(risky, now_ms)
+            if len(moved):
+                turn.fell_back.append((slot, target, moved))
+            if len(hopeless):
+                turn.dropped.append((slot, hopeless))
 
     def _round_robin(self, now_ms: float, turn: Turn) -> None:
         count = len(self.slots)

@@ -105,6 +105,7 @@ class ControlLoop:
     # is made for the measured rates, not for the headroom: spare slots are not bought with accuracy.
     chooser: Chooser | None = None
     plan: Plan | None = None
+    choice: Choice | None = None  # the variants the running plan serves
     headroom: float = 1.0
     planned: dict[Hashable, float] = field(default_factory=dict)  # the rates the running plan was made for
     estimator: RateEstimator = field(init=False)
@@ -189,10 +190,13 @@ class ControlLoop:
         nothing."""
         if self.plan is None or decision.request.reason != ReplanReason.EPOCH:
             return True
+        if _choice_moved(self.choice, decision.choice):
+            return True
         return decision.plan.num_backends < self.plan.num_backends
 
     def installed(self, decision: PlanDecision) -> None:
         self.plan = decision.plan
+        self.choice = decision.choice
         self.planned = dict(decision.request.rates)
         self.headroom = decision.headroom
         self.policy.replanned(decision.request.time_s)
@@ -207,4 +211,26 @@ class ControlLoop:
     def forget(self) -> None:
         """No plan runs (every session unloaded)."""
         self.plan = None
+        self.choice = None
         self.planned = {}
+
+
+# An epoch re-plan whose choice of variants moves more than this share of a task's requests is installed
+# even at constant load: the costs it was chosen for changed (the slots' observed slowdown), and a choice
+# made for costs that no longer hold overcommits a slot, or spends accuracy it need not.
+CHOICE_MOVE_SHARE = 0.03
+
+
+def _choice_moved(running: Choice | None, new: Choice | None) -> bool:
+    if running is None or new is None:
+        return running is not new
+    if running.routes != new.routes:
+        return True
+    for task in set(running.splits) | set(new.splits):
+        old_target, old_share = running.splits.get(task, (None, 0.0))
+        new_target, new_share = new.splits.get(task, (None, 0.0))
+        if old_target != new_target and old_share > 0 and new_share > 0:
+            return True
+        if abs(old_share - new_share) > CHOICE_MOVE_SHARE:
+            return True
+    return False

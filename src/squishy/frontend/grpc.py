@@ -333,7 +333,7 @@ def _encode_infer(
         model_name=response.model_name or spec.name, model_version=response.model_version, id=request_id
     )
     for key, value in response.parameters.items():
-        message.parameters[key].string_value = value
+        message.parameters[key].string_param = value
     for selection in selections:
         datatype, array = validation.prepare_output(spec, selection, response.outputs.get(selection.name))
         message.outputs.add(name=selection.name, datatype=datatype, shape=array.shape)

@@ -67,6 +67,10 @@ DEFAULT_MAX_HEADROOM = 2.0
 
 Reply = Callable[[InferResponse | BaseException], None]
 VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model that answered a task's request
+# A request of a task's costlier variant that its queue would finish within this share of its SLO before
+# the deadline runs on the cheaper variant beside it instead: the reply's path back to the client takes
+# milliseconds the executor's clock does not see, more on a busy machine.
+FALLBACK_GUARD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,24 @@ class _Session:
     latency: LatencyModel = field(init=False)  # ℓ(n) for early drop, with the observed slowdown
     scheduled: Profile = field(init=False)  # the profile with the scheduler's margins
 
+    _planning: tuple[float, Profile] | None = field(default=None, init=False, repr=False)
+
     def __post_init__(self) -> None:
         self.latency = LatencyModel.from_profile(self.profile)
         self.scheduled = scheduled_profile(self.profile, self.settings)
+
+    def planning_profile(self) -> Profile:
+        """The profile variants are chosen with: ℓ(b) scaled by the slowdown observed while serving where
+        it exceeds the margin the settings add anyway. On this kind of machine the slots share cores (and
+        their caches) with request handling, so a slot runs batches slower than the profiler measured it
+        alone; a choice made at the profiled speed sends the costly variant more than the slot carries.
+        (The packing itself still uses the profile, as the simulator does, so the two stay one engine.)"""
+        factor = round(max(1.0, self.latency.slowdown / self.settings.profile_inflation), 2)
+        if factor == 1.0:
+            return self.profile
+        if self._planning is None or self._planning[0] != factor:
+            self._planning = (factor, self.profile.with_margin(factor))
+        return self._planning[1]
 
 
 @dataclass
@@ -123,6 +142,7 @@ class _Pending:
     spec: ModelSpec  # the model the client called: the task when a variant answers for it
     arrival_ms: float
     task: ServedTask | None = None
+    routed: str = ""  # the session admission chose (a burst may move it to a cheaper variant)
 
 
 @dataclass
@@ -175,7 +195,7 @@ class ServingCore(BatchSink):
         self._chooser = VariantChooser(
             tasks=lambda: self._valid_tasks,
             sessions=self._variant_sessions,
-            profiles=lambda: {sid: s.profile for sid, s in self._sessions.items()},
+            profiles=lambda: {sid: s.planning_profile() for sid, s in self._sessions.items()},
             slo_ms=lambda sid: self._sessions[sid].spec.slo_ms,
             settings=self.config.settings,
         )
@@ -331,7 +351,7 @@ class ServingCore(BatchSink):
             arrival_ms=arrival_ms,
             size=request.batch_size if spec.max_batch_size > 0 else 1,
             priority=self._priority_level(session, request.priority),
-            payload=_Pending(reply, request, spec, arrival_ms, task),
+            payload=_Pending(reply, request, spec, arrival_ms, task, sid),
         )
         with self.lock:
             target = self._queue(sid, router, item, now_ms)
@@ -436,7 +456,7 @@ class ServingCore(BatchSink):
             known = newest.get(session.spec.name)
             if known is None or int(session.spec.version) > int(known.spec.version):
                 newest[session.spec.name] = session
-        return {name: VariantSession(s.session_id, s.spec, s.profile) for name, s in newest.items()}
+        return {name: VariantSession(s.session_id, s.spec, s.planning_profile()) for name, s in newest.items()}
 
     def _variant_models(self) -> set[str]:
         return {name for task in self._valid_tasks.values() for name in task.variants}
@@ -599,6 +619,7 @@ class ServingCore(BatchSink):
                 slots.append(Slot(sid, queue, share.batch, payload=work))
                 weights.setdefault(sid, {})[index] = weights.get(sid, {}).get(index, 0.0) + share.rate
                 planned.add(sid)
+            self._declare_fallbacks(slots)
             before = set(worker.turn.sessions)
             moved += sum(1 for slot in slots if slot.session not in before)
             budget = slot_plan.steal_budget_ms if slot_plan is not None else math.inf
@@ -635,10 +656,24 @@ class ServingCore(BatchSink):
             self.metrics.set_plan(plan, labels=self._labels())
         return moved
 
+    def _declare_fallbacks(self, slots: list[Slot]) -> None:
+        """A task split between two variants on one backend: the costlier one's slot falls back to the
+        cheaper one under bursts (``squishy.batching.turn``)."""
+        here = {str(slot.session): slot for slot in slots}
+        for task in self._tasks.values():
+            upper, lower = task.upper_route, task.route
+            if upper is not None and lower is not None and upper in here and lower in here:
+                here[upper].fallback = lower
+                here[upper].fallback_guard_ms = FALLBACK_GUARD_SHARE * task.spec.slo_ms
+
     def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
         """ℓ(batch) as the scheduler counts it (margins included)."""
         profile = self._sessions[allocation.model].scheduled
         return profile.batch_latency_ms(batch) if batch <= profile.max_batch else math.inf
+
+    def _model_of(self, sid: str) -> str:
+        session = self._sessions.get(sid)
+        return session.spec.name if session is not None else sid
 
     def _labels(self) -> dict[str, tuple[str, str]]:
         return {sid: (s.spec.name, s.spec.version) for sid, s in self._sessions.items()}
@@ -691,6 +726,8 @@ class ServingCore(BatchSink):
             self.stats.record_success(called.name, called.version, round(latency_ms * 1e6))
             self.metrics.record_request(called.name, called.version, "met" if met else "late", latency_ms)
             parameters = {VARIANT_PARAMETER: spec.name} if pending.task is not None else {}
+            if pending.task is not None and pending.routed != slot.session:
+                self.metrics.record_variant_fallback(called.name, self._model_of(pending.routed), spec.name)
             response = InferResponse(called.name, called.version, output, pending.request.request_id, parameters)
             answers.append((pending.reply, response))
         _deliver(answers)

@@ -590,7 +590,7 @@ def _read_task(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> M
     for variant in variants:
         try:
             check_model_name(variant)
-        except ConfigError as exc:
+        except InvalidRequestError as exc:
             raise ConfigError(f"{name}: variant {variant!r}: {exc}") from None
         if variant == name:
             raise ConfigError(f"{name}: a task cannot be its own variant")

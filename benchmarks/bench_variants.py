@@ -1,0 +1,410 @@
+"""Model variants: the planner against the exact optimum, and real serving beyond the accurate variant's capacity.
+
+    .venv/bin/python benchmarks/bench_variants.py --part optimum
+    .venv/bin/python benchmarks/bench_variants.py --part serve [--factors 0.5,1,1.5,2] [--duration 20]
+
+``optimum``: the 100 seeded random instances of the tests (up to 6 tasks, 4 variants each), the policy
+with one variant per task against the exact best such choice (every combination packed), the policy with
+splits against the LP bound, and the best fixed rung (INFaaS's baseline).
+
+``serve``: the digits-in-clutter ladder (``python -m squishy.variants.ladder examples/ladder``; built
+here if missing, needs torch) served by ``squishy serve`` with one execution slot of one thread, so the
+second core runs the frontend and the load generator. Offered load is a multiple of the most accurate
+variant's capacity *while serving*: the slot runs it slower than the profiler measured it alone (it
+shares the machine with request handling), so the capacity is 1 / (its mean batch time per request),
+read from the server's own counters after 20 s at its profiled capacity. Systems, each a fresh server:
+
+- ``squishy``: clients call the task ``clutter-digits``; squishy chooses and splits variants;
+- ``fixed <variant>``: clients call one variant directly (squishy's batching and early drop, no choice):
+  the most accurate one for reference, and each cheaper one, so the best fixed variant that fits (the
+  most accurate whose requests stay ≥ 99% within SLO) is read off the same run.
+
+The client (grpcio, one channel, requests serialized before the run) sends the ladder's test images in a fixed order at
+Poisson times, open loop, and checks each returned label against the truth. A request counts as correct
+only if it came back within the SLO by the client's clock with the right label: the delivered accuracy is
+correct / sent. The 95% interval of squishy's advantage over a fixed variant is a paired bootstrap over
+the test set's base digits (request i carries the same image in every run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path("results/variants")
+LADDER = Path("examples/ladder")
+PLOT = Path("docs/img/variants-accuracy-vs-load.png")
+SEED = 11
+WARMUP_S = 20.0  # load before measuring: the control loop sees the rate and the slots' slowdown, and re-plans
+
+
+# ------------------------------------------------------------------------------------------ optimum
+def optimum() -> dict:
+    from squishy.scheduler.instances import VARIANT_COUNT, VARIANT_SEED, random_variant_instance
+    from squishy.scheduler.variants import best_fixed_variant, choose_variants
+    from squishy.scheduler.variants_optimum import best_choice, occupancy_bound
+
+    rng = random.Random(VARIANT_SEED)
+    gaps, split_gain, split_to_bound, fixed_gap, exact_hits = [], [], [], [], 0
+    started = time.perf_counter()
+    for _ in range(VARIANT_COUNT):
+        tasks, profiles, budget = random_variant_instance(rng)
+        whole = choose_variants(tasks, profiles, budget, split=False)
+        split = choose_variants(tasks, profiles, budget)
+        exact = best_choice(tasks, profiles, budget)
+        relaxed = occupancy_bound(tasks, profiles, budget, split=True)
+        fixed = best_fixed_variant(tasks, profiles, budget)
+        assert exact is not None and relaxed is not None
+        gap = exact[0] - whole.delivered_accuracy
+        gaps.append(gap)
+        exact_hits += gap < 1e-9
+        split_gain.append(split.delivered_accuracy - whole.delivered_accuracy)
+        split_to_bound.append(relaxed - split.delivered_accuracy)
+        if fixed is not None:
+            fixed_gap.append(split.delivered_accuracy - fixed.delivered_accuracy)
+    figures = {
+        "instances": VARIANT_COUNT,
+        "seed": VARIANT_SEED,
+        "worst_gap_pp": 100 * max(gaps),
+        "mean_gap_pp": 100 * float(np.mean(gaps)),
+        "exact": exact_hits,
+        "split_gain_mean_pp": 100 * float(np.mean(split_gain)),
+        "split_gain_max_pp": 100 * max(split_gain),
+        "split_below_lp_bound_mean_pp": 100 * float(np.mean(split_to_bound)),
+        "over_best_fixed_mean_pp": 100 * float(np.mean(fixed_gap)),
+        "over_best_fixed_min_pp": 100 * min(fixed_gap),
+        "seconds": time.perf_counter() - started,
+    }
+    print(
+        f"one variant per task vs the exact best choice, {VARIANT_COUNT} instances: worst gap "
+        f"{figures['worst_gap_pp']:.2f} pp, mean {figures['mean_gap_pp']:.3f} pp, exact on {exact_hits}\n"
+        f"splitting a task's rate adds {figures['split_gain_mean_pp']:.2f} pp on average (max "
+        f"{figures['split_gain_max_pp']:.2f}); it stays {figures['split_below_lp_bound_mean_pp']:.2f} pp below the "
+        f"LP bound on average\nover the best fixed rung: +{figures['over_best_fixed_mean_pp']:.2f} pp on average, "
+        f"min +{figures['over_best_fixed_min_pp']:.2f} pp ({figures['seconds']:.0f} s)"
+    )
+    return figures
+
+
+# ------------------------------------------------------------------------------------------- serving
+@dataclass
+class RunResult:
+    system: str
+    model: str
+    factor: float
+    offered_rps: float
+    sent: int
+    ok_within_slo: int
+    correct_within_slo: int
+    rejected: int
+    late: int
+    errors: int
+    p99_ms: float
+    within_slo: float  # ok within SLO / sent
+    delivered_accuracy: float  # correct within SLO / sent
+    variants: dict[str, int]
+    server_cpu_s: float
+    duration_s: float
+
+
+def capacity_rps(root: Path) -> tuple[float, str, list[tuple[str, float, float]]]:
+    """The planner's capacity for the most accurate variant alone on one slot of one thread, and the
+    ladder as the planner sees it (model, accuracy, ms per request at its saturating batch)."""
+    from squishy.runtime.repository import ModelRepository, variant_names
+    from squishy.runtime.tasks import variant_accuracy
+    from squishy.scheduler import Settings
+    from squishy.scheduler.variants import Task, Variant, request_cost_ms
+
+    repository = ModelRepository(root)
+    repository.load_all()
+    task_spec = repository.spec("clutter-digits")
+    ladder = []
+    for name in variant_names(task_spec):
+        spec = repository.spec(name)
+        profile = repository.profile(spec, 1, concurrency=1)
+        accuracy = variant_accuracy(spec) or 0.0
+        task = Task("t", task_spec.slo_ms, 1.0, (Variant(name, accuracy),))
+        cost = request_cost_ms(task, task.variants[0], {name: profile}, Settings())
+        assert cost is not None
+        ladder.append((name, accuracy, cost))
+    top = max(ladder, key=lambda rung: rung[1])
+    return 1000.0 / top[2], top[0], ladder
+
+
+def system_repository(root: Path, name: str, models: list[str]) -> Path:
+    """A repository holding only ``models``, copied with their times (squishy serves no links out of its
+    repository), so the profiles cached beside the ladder's models stay valid."""
+    out = RESULTS / "repos" / name
+    if out.exists():
+        shutil.rmtree(out)
+    for model in models:
+        shutil.copytree(root / model, out / model, copy_function=shutil.copy2)
+    return out
+
+
+async def drive(
+    grpc_url: str, model: str, images: np.ndarray, labels: np.ndarray, rate: float, seconds: float, slo_ms: float
+) -> tuple[list[tuple[int, str, float, bool, str]], float]:
+    """Open-loop Poisson load; per request (index, status, latency ms, correct, variant).
+
+    Requests are ``ModelInferRequest`` messages serialized before the run and sent with grpcio's raw
+    unary call; replies are parsed with the generated protobuf class. A Python client that builds each
+    request through ``tritonclient``'s wrappers spends more CPU per request than the server does, and on
+    two cores that CPU comes out of the server's share."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    payloads = []
+    for image in images:
+        message = service_pb2.ModelInferRequest(model_name=model)
+        message.inputs.add(name="image", datatype="FP32", shape=[1, *image.shape])
+        message.outputs.add(name="label")
+        message.raw_input_contents.append(np.ascontiguousarray(image, np.float32).tobytes())
+        payloads.append(message.SerializeToString())
+    channel = grpc.aio.insecure_channel(grpc_url)
+    await channel.channel_ready()
+    call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    rng = np.random.default_rng(SEED)
+    count = int(rate * seconds)
+    gaps = rng.exponential(1.0 / rate, size=count)
+    records: list[tuple[int, str, float, bool, str]] = []
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(index: int) -> None:
+        sent = time.perf_counter()
+        try:
+            reply = await call(payloads[index % len(payloads)], timeout=10.0)
+        except grpc.aio.AioRpcError as exc:
+            status = "rejected" if exc.code() == grpc.StatusCode.UNAVAILABLE else "error"
+            records.append((index, status, (time.perf_counter() - sent) * 1000, False, ""))
+            return
+        latency_ms = (time.perf_counter() - sent) * 1000
+        response = service_pb2.ModelInferResponse.FromString(reply)
+        label = int(np.frombuffer(response.raw_output_contents[0], np.int64)[0])
+        answered_by = response.parameters.get("squishy_variant")
+        variant = answered_by.string_param if answered_by is not None else model
+        status = "ok" if latency_ms <= slo_ms else "late"
+        records.append((index, status, latency_ms, label == int(labels[index % len(labels)]), variant))
+
+    start = time.perf_counter()
+    due = start
+    for index in range(count):
+        due += gaps[index]
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(index))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending)
+    elapsed = time.perf_counter() - start
+    await channel.close()
+    return records, elapsed
+
+
+def serve_run(
+    system: str, model: str, repo: Path, factor: float, rate: float, duration: float, data: Any
+) -> tuple[RunResult, np.ndarray]:
+    from squishy.bench.launch import start_squishy
+
+    slo_ms = 100.0
+    with start_squishy(repo, ["--slots", "1", "--threads-per-slot", "1", "--log-level", "warning"]) as server:
+        asyncio.run(drive(server.grpc_url, model, data.test_x, data.test_y, rate, WARMUP_S, slo_ms))
+        cpu_before = server.cpu_s()
+        records, elapsed = asyncio.run(drive(server.grpc_url, model, data.test_x, data.test_y, rate, duration, slo_ms))
+        cpu = server.cpu_s() - cpu_before
+        alive = server.alive()
+    if not alive:
+        raise RuntimeError(f"{system}: the server died")
+    statuses = [r[1] for r in records]
+    ok = [r for r in records if r[1] == "ok"]
+    correct = np.zeros(len(records), bool)
+    for index, status, _, right, _ in records:
+        correct[index] = status == "ok" and right
+    latencies = [r[2] for r in records if r[1] in ("ok", "late")]
+    variants: dict[str, int] = {}
+    for r in ok:
+        variants[r[4]] = variants.get(r[4], 0) + 1
+    result = RunResult(
+        system=system,
+        model=model,
+        factor=factor,
+        offered_rps=rate,
+        sent=len(records),
+        ok_within_slo=len(ok),
+        correct_within_slo=int(correct.sum()),
+        rejected=statuses.count("rejected"),
+        late=statuses.count("late"),
+        errors=statuses.count("error"),
+        p99_ms=float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        within_slo=len(ok) / max(len(records), 1),
+        delivered_accuracy=float(correct.mean()) if len(records) else 0.0,
+        variants=variants,
+        server_cpu_s=cpu,
+        duration_s=elapsed,
+    )
+    print(
+        f"  {system:<22} {factor:>4.2f}x {rate:>6.0f} req/s: within SLO {result.within_slo:6.1%}  delivered "
+        f"accuracy {result.delivered_accuracy:.4f}  rejected {result.rejected}  late {result.late}  errors "
+        f"{result.errors}  p99 {result.p99_ms:5.1f} ms  {variants}",
+        flush=True,
+    )
+    return result, correct
+
+
+def paired_interval(
+    a: np.ndarray, b: np.ndarray, base: np.ndarray, resamples: int = 2000
+) -> tuple[float, float, float]:
+    """Mean of a - b over requests and its 95% interval, bootstrapping over base digits (request i carries
+    test image i mod n, whose base digit is base[i mod n])."""
+    n = min(len(a), len(b))
+    groups = base[np.arange(n) % len(base)]
+    labels, index = np.unique(groups, return_inverse=True)
+    difference = np.bincount(index, weights=(a[:n].astype(float) - b[:n].astype(float)), minlength=len(labels))
+    sizes = np.bincount(index, minlength=len(labels)).astype(float)
+    rng = np.random.default_rng(0)
+    draws = rng.integers(0, len(labels), size=(resamples, len(labels)))
+    estimates = difference[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+    low, high = np.quantile(estimates, [0.025, 0.975])
+    return float(difference.sum() / sizes.sum()), float(low), float(high)
+
+
+def serving_capacity(top: str, profiled_rps: float, data: Any) -> float:
+    """Requests/s the slot really sustains on ``top`` alone: 1 / its batch time per request while serving."""
+    from squishy.bench.launch import start_squishy
+
+    repo = system_repository(LADDER, f"fixed-{top}", [top])
+    with start_squishy(repo, ["--slots", "1", "--threads-per-slot", "1", "--log-level", "warning"]) as server:
+        asyncio.run(drive(server.grpc_url, top, data.test_x, data.test_y, profiled_rps, WARMUP_S, 100.0))
+        metrics = server.metrics()
+    values = {}
+    for line in metrics.splitlines():
+        for name in ("nv_inference_count", "nv_inference_compute_infer_duration_us"):
+            if line.startswith(name + "{") and f'model="{top}"' in line:
+                values[name] = float(line.rsplit(" ", 1)[1])
+    per_request_ms = values["nv_inference_compute_infer_duration_us"] / 1000.0 / values["nv_inference_count"]
+    return 1000.0 / per_request_ms
+
+
+def serve(factors: list[float], duration: float, fixed: list[str] | None) -> dict:
+    from squishy.variants.ladder import build_ladder, digits_in_clutter
+
+    build_ladder(LADDER, progress=lambda line: print(line, flush=True))
+    summary = json.loads((LADDER / "ladder.json").read_text())
+    data = digits_in_clutter(summary["seed"])
+    profiled, top, ladder = capacity_rps(LADDER)
+    print("the ladder as profiled (one slot, one thread, idle machine):")
+    for name, accuracy, cost in ladder:
+        print(f"  {name:<16} accuracy {accuracy:.4f}  {cost:.3f} ms per request")
+    capacity = serving_capacity(top, profiled, data)
+    print(f"capacity of {top} alone: {profiled:.0f} req/s as profiled, {capacity:.0f} req/s while serving")
+    names = [name for name, _, _ in ladder]
+    fixed_models = fixed or [n for n in names if n != names[0]]  # the cheapest rung fits any load here
+    runs: list[RunResult] = []
+    correct: dict[tuple[str, float], np.ndarray] = {}
+    squishy_repo = system_repository(LADDER, "squishy", ["clutter-digits", *names])
+    for factor in factors:
+        rate = capacity * factor
+        print(f"{factor:g}x the capacity of {top}: {rate:.0f} req/s", flush=True)
+        result, right = serve_run("squishy", "clutter-digits", squishy_repo, factor, rate, duration, data)
+        runs.append(result)
+        correct[("squishy", factor)] = right
+        for model in fixed_models:
+            repo = system_repository(LADDER, f"fixed-{model}", [model])
+            result, right = serve_run(f"fixed {model}", model, repo, factor, rate, duration, data)
+            runs.append(result)
+            correct[(f"fixed {model}", factor)] = right
+    comparisons = []
+    for factor in factors:
+        fitting = [r for r in runs if r.factor == factor and r.system != "squishy" and r.within_slo >= 0.99]
+        if not fitting:
+            continue
+        best = max(fitting, key=lambda r: r.delivered_accuracy)
+        mean, low, high = paired_interval(correct[("squishy", factor)], correct[(best.system, factor)], data.test_base)
+        comparisons.append({"factor": factor, "best_fixed": best.system, "advantage": mean, "ci95": [low, high]})
+        print(
+            f"{factor:g}x: squishy over the best fixed variant that fits ({best.system}): {100 * mean:+.2f} pp "
+            f"(95% CI {100 * low:+.2f} to {100 * high:+.2f})"
+        )
+    return {
+        "profiled_capacity_rps": profiled,
+        "capacity_rps": capacity,
+        "most_accurate": top,
+        "ladder": ladder,
+        "duration_s": duration,
+        "runs": [asdict(r) for r in runs],
+        "comparisons": comparisons,
+    }
+
+
+def plot(results: dict, out: Path) -> Path:
+    """Delivered accuracy and share within SLO against offered load, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    systems = sorted({r["system"] for r in results["runs"]}, key=lambda name: (name != "squishy", name))
+    for system in systems:
+        runs = sorted((r for r in results["runs"] if r["system"] == system), key=lambda r: r["factor"])
+        factors = [r["factor"] for r in runs]
+        style = {"linewidth": 2.5} if system == "squishy" else {"linestyle": "--"}
+        left.plot(factors, [r["delivered_accuracy"] for r in runs], marker="o", label=system, **style)
+        right.plot(factors, [100 * r["within_slo"] for r in runs], marker="o", label=system, **style)
+    top = results["most_accurate"]
+    for axis in (left, right):
+        axis.set_xlabel(f"offered load (× the capacity of {top} alone)")
+        axis.grid(alpha=0.3)
+    left.set_ylabel("delivered accuracy (correct within SLO / sent)")
+    right.set_ylabel("% of requests within SLO")
+    right.axhline(99, color="grey", linewidth=0.8)
+    left.legend(fontsize=8)
+    left.set_title("digits in clutter, one slot, real serving")
+    right.set_title("INFaaS (reported): 1.3× throughput, 1.6× fewer SLO misses", fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(figure)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["optimum", "serve", "plot"], required=True)
+    parser.add_argument("--input", help="with --part plot: a serve-DATE.json to plot")
+    parser.add_argument("--factors", default="0.5,1,1.5,2", help="offered load, multiples of the top rung's capacity")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per run (after warm-up)")
+    parser.add_argument("--fixed", default="", help="fixed variants to compare (default: every rung but the cheapest)")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.part == "plot":
+        print(f"wrote {plot(json.loads(Path(args.input).read_text()), PLOT)}")
+        return
+    if args.part == "optimum":
+        figures = optimum()
+    else:
+        factors = [float(f) for f in args.factors.split(",")]
+        figures = serve(factors, args.duration, [m for m in args.fixed.split(",") if m] or None)
+    stamp = time.strftime("%Y-%m-%d")
+    out = RESULTS / f"{args.part}-{stamp}.json"
+    document = {"date": stamp, "command": " ".join(sys.argv), **figures}
+    out.write_text(json.dumps(document, indent=2, default=float) + "\n")
+    print(f"wrote {out}")
+    if args.part == "serve":
+        print(f"wrote {plot(document, PLOT)}")
+
+
+if __name__ == "__main__":
+    main()
