@@ -96,8 +96,6 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
-    switch_s = float(os.environ.get("SQUISHY_GIL_SWITCH_MS", "5")) / 1000.0
-    sys.setswitchinterval(switch_s)
     uvloop.run(_serve(args, repository, config, control, door))
     return 0
 
