@@ -10,7 +10,7 @@ from squishy import __version__
 from squishy.errors import SquishyError
 
 # Sub-command modules, each with add_parser(subparsers) that sets ``func`` on its parser.
-COMMANDS = ("plan", "profile", "simulate", "predict", "calibrate", "serve", "bench", "build_examples")
+COMMANDS = ("plan", "profile", "simulate", "predict", "calibrate", "serve", "bench", "build_examples", "variants")
 
 
 def build_parser() -> argparse.ArgumentParser:
