@@ -297,7 +297,18 @@ def serving_capacity(top: str, profiled_rps: float, data: Any) -> float:
     return 1000.0 / per_request_ms
 
 
-def serve(factors: list[float], duration: float, fixed: list[str] | None) -> dict:
+def floor_repository(names: list[str], floor: float) -> Path:
+    """The squishy repository with the task's accuracy_floor set to ``floor``."""
+    repo = system_repository(LADDER, f"squishy-floor-{floor:g}", ["clutter-digits", *names])
+    config = repo / "clutter-digits" / "config.pbtxt"
+    text = config.read_text()
+    marker = 'key: "accuracy_floor" value { string_value: "'
+    start = text.index(marker) + len(marker)
+    config.write_text(text[:start] + f"{floor:g}" + text[text.index('"', start) :])
+    return repo
+
+
+def serve(factors: list[float], duration: float, fixed: list[str] | None, floor: float | None = None) -> dict:
     from squishy.variants.ladder import build_ladder, digits_in_clutter
 
     build_ladder(LADDER, progress=lambda line: print(line, flush=True))
@@ -310,7 +321,8 @@ def serve(factors: list[float], duration: float, fixed: list[str] | None) -> dic
     capacity = serving_capacity(top, profiled, data)
     print(f"capacity of {top} alone: {profiled:.0f} req/s as profiled, {capacity:.0f} req/s while serving")
     names = [name for name, _, _ in ladder]
-    fixed_models = fixed or [n for n in names if n != names[0]]  # the cheapest rung fits any load here
+    # Default: every rung but the cheapest, which fits any load here; ["none"]: squishy alone.
+    fixed_models = [] if fixed == ["none"] else fixed or [n for n in names if n != names[0]]
     runs: list[RunResult] = []
     correct: dict[tuple[str, float], np.ndarray] = {}
     squishy_repo = system_repository(LADDER, "squishy", ["clutter-digits", *names])
@@ -320,6 +332,13 @@ def serve(factors: list[float], duration: float, fixed: list[str] | None) -> dic
         result, right = serve_run("squishy", "clutter-digits", squishy_repo, factor, rate, duration, data)
         runs.append(result)
         correct[("squishy", factor)] = right
+        if floor is not None:
+            system = f"squishy floor {floor:g}"
+            result, right = serve_run(
+                system, "clutter-digits", floor_repository(names, floor), factor, rate, duration, data
+            )
+            runs.append(result)
+            correct[(system, factor)] = right
         for model in fixed_models:
             repo = system_repository(LADDER, f"fixed-{model}", [model])
             result, right = serve_run(f"fixed {model}", model, repo, factor, rate, duration, data)
@@ -327,7 +346,7 @@ def serve(factors: list[float], duration: float, fixed: list[str] | None) -> dic
             correct[(f"fixed {model}", factor)] = right
     comparisons = []
     for factor in factors:
-        fitting = [r for r in runs if r.factor == factor and r.system != "squishy" and r.within_slo >= 0.99]
+        fitting = [r for r in runs if r.factor == factor and r.system.startswith("fixed") and r.within_slo >= 0.99]
         if not fitting:
             continue
         best = max(fitting, key=lambda r: r.delivered_accuracy)
@@ -386,7 +405,12 @@ def main() -> None:
     parser.add_argument("--input", help="with --part plot: a serve-DATE.json to plot")
     parser.add_argument("--factors", default="0.5,1,1.5,2", help="offered load, multiples of the top rung's capacity")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per run (after warm-up)")
-    parser.add_argument("--fixed", default="", help="fixed variants to compare (default: every rung but the cheapest)")
+    parser.add_argument(
+        "--fixed",
+        default="",
+        help="fixed variants to compare (default: every rung but the cheapest; none: no fixed runs)",
+    )
+    parser.add_argument("--floor", type=float, help="also serve the task with this accuracy_floor")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "plot":
@@ -396,13 +420,14 @@ def main() -> None:
         figures = optimum()
     else:
         factors = [float(f) for f in args.factors.split(",")]
-        figures = serve(factors, args.duration, [m for m in args.fixed.split(",") if m] or None)
+        figures = serve(factors, args.duration, [m for m in args.fixed.split(",") if m] or None, args.floor)
     stamp = time.strftime("%Y-%m-%d")
-    out = RESULTS / f"{args.part}-{stamp}.json"
+    variant = "-floor" if args.floor is not None else ""  # a floor run is written beside the main one
+    out = RESULTS / f"{args.part}-{stamp}{variant}.json"
     document = {"date": stamp, "command": " ".join(sys.argv), **figures}
     out.write_text(json.dumps(document, indent=2, default=float) + "\n")
     print(f"wrote {out}")
-    if args.part == "serve":
+    if args.part == "serve" and not variant:
         print(f"wrote {plot(document, PLOT)}")
 
 
