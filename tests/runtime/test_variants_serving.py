@@ -141,3 +141,16 @@ def test_a_burst_beyond_the_costlier_variant_is_answered_by_the_cheaper_one_besi
     assert variants_that_answered(server, burst)["small"] > 0
     text = server.core.metrics.exposition().decode()
     assert 'squishy_variant_fallbacks_total{model="digit",planned="big",variant="small"}' in text
+
+
+def test_a_burst_on_a_task_served_by_its_accurate_variant_falls_back_to_the_resident_cheapest(tmp_path: Path):
+    server = started(task_repository(tmp_path))
+    steady = offer(server, 50, 0.0, 4.0, "s")  # light: every request on "big", "small" kept resident
+    burst = [f"b{i}" for i in range(60)]  # "big" alone finishes about 19 of these within the SLO
+    for i, rid in enumerate(burst):
+        server.submit_at(4000.0 + i * 0.1, request(rid))
+    server.run(6000.0)
+    assert variants_that_answered(server, steady) == {"big": len(steady)}
+    assert all(server.outcomes[rid].status == "good" for rid in burst)
+    answered = variants_that_answered(server, burst)
+    assert answered["big"] > 0 and answered["small"] > 0

@@ -69,6 +69,8 @@ class Choice:
     routes: dict[Hashable, Hashable]  # task → the session of the variant chosen for it
     # task → a more accurate variant's session and the share of the task's served requests it answers
     splits: dict[Hashable, tuple[Hashable, float]] = field(default_factory=dict)
+    # task → the session of a much cheaper allowed variant, kept resident so bursts can fall back to it
+    fallbacks: dict[Hashable, Hashable] = field(default_factory=dict)
     served: dict[Hashable, float] = field(default_factory=dict)  # task → the rate served (the rest is shed)
     accuracy: dict[Hashable, float] = field(default_factory=dict)  # task → the chosen variant's accuracy
     delivered_accuracy: float | None = None  # over the tasks' requests, shed ones counted as not answered

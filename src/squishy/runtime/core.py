@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import threading
@@ -579,6 +580,8 @@ class ServingCore(BatchSink):
             split = choice.splits.get(sid) if choice is not None else None
             task.upper_route = str(split[0]) if split is not None else None
             task.upper_share = split[1] if split is not None else 0.0
+            fallback = choice.fallbacks.get(sid) if choice is not None else None
+            task.fallback_route = str(fallback) if fallback is not None else None
             asked = decision.request.rates.get(sid, 0.0) if decision is not None else 0.0
             served = choice.served.get(sid, asked) if choice is not None else asked
             task.share = min(1.0, served / asked) if asked > 0 else 1.0
@@ -657,14 +660,15 @@ class ServingCore(BatchSink):
         return moved
 
     def _declare_fallbacks(self, slots: list[Slot]) -> None:
-        """A task split between two variants on one backend: the costlier one's slot falls back to the
-        cheaper one under bursts (``squishy.batching.turn``)."""
+        """Each of a task's variants on one backend (the split's upper one, the chosen one, the fallback
+        variant kept resident) falls back to the next cheaper one there under bursts (``squishy.batching.turn``)."""
         here = {str(slot.session): slot for slot in slots}
         for task in self._tasks.values():
-            upper, lower = task.upper_route, task.route
-            if upper is not None and lower is not None and upper in here and lower in here:
-                here[upper].fallback = lower
-                here[upper].fallback_guard_ms = FALLBACK_GUARD_SHARE * task.spec.slo_ms
+            chain = [sid for sid in (task.upper_route, task.route, task.fallback_route) if sid is not None]
+            resident = [sid for sid in chain if sid in here]
+            for costlier, cheaper in itertools.pairwise(resident):
+                here[costlier].fallback = cheaper
+                here[costlier].fallback_guard_ms = FALLBACK_GUARD_SHARE * task.spec.slo_ms
 
     def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
         """ℓ(batch) as the scheduler counts it (margins included)."""

@@ -22,6 +22,7 @@ from squishy.scheduler.variants import (
     Variant,
     choose_variants,
     delivered_accuracy,
+    frontier,
     most_accurate_needs,
     sessions_for,
 )
@@ -32,6 +33,10 @@ PLAIN_ACCURACY = 1.0  # a model without variants: its answers are the reference
 # the executor, not the worker's own turn around it (about a fifth more per batch of one, measured with
 # benchmarks/bench_variants.py on 2 cores); this much spare time absorbs both.
 CHOICE_LOAD_MARGIN = 1.35
+# A task's fallback variant (``_fallback_variant``) is planned at least at this rate (requests/s) beside its
+# chosen one, so a burst, or the first seconds of a flood before the control loop has measured it, falls
+# back to a resident variant instead of being dropped. At this rate it costs a sliver of one duty cycle.
+FALLBACK_RESIDENT_RATE = 1.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class ServedTask:
     share: float = 1.0  # of the task's requests admitted; the rest are beyond capacity
     upper_route: str | None = None  # a more accurate variant's session that answers part of them
     upper_share: float = 0.0  # of the admitted requests, those sent to ``upper_route``
+    fallback_route: str | None = None  # a much cheaper allowed variant's session, planned to absorb bursts
     _credit: float = field(default=0.0, repr=False)
     _upper_credit: float = field(default=0.0, repr=False)
 
@@ -150,11 +156,18 @@ class VariantChooser:
             capacity = most_accurate_needs(scheduler_tasks, profiles, settings=self.settings)
         result = choose_variants(scheduler_tasks, profiles, capacity, settings=self.settings)
         self.last_notes = result.notes
-        session_rates = {
+        session_rates: dict[Hashable, float] = {
             s.model: s.rate
             for s in sessions_for(result.tasks, result.chosen, result.served_rate, result.upper).sessions
         }
         chosen_tasks = [t for t in result.tasks if t.name in tasks]
+        fallbacks: dict[Hashable, Hashable] = {}
+        for task in chosen_tasks:
+            fallback = _fallback_variant(frontier(task, profiles, self.settings), result.chosen[task.name].model)
+            if fallback is None:
+                continue
+            fallbacks[task.name] = fallback
+            session_rates[fallback] = max(session_rates.get(fallback, 0.0), FALLBACK_RESIDENT_RATE)
         splits: dict[Hashable, tuple[Hashable, float]] = {}
         accuracy: dict[Hashable, float] = {}
         for task in chosen_tasks:
@@ -169,6 +182,7 @@ class VariantChooser:
             session_rates=session_rates,
             routes={t.name: result.chosen[t.name].model for t in chosen_tasks},
             splits=splits,
+            fallbacks=fallbacks,
             # Served rates in measured units: the margin is spare time, not requests to admit.
             served={t.name: result.served_rate[t.name] / self.load_margin for t in chosen_tasks},
             accuracy=accuracy,
@@ -176,3 +190,13 @@ class VariantChooser:
             if asked > 0
             else None,
         )
+
+
+def _fallback_variant(ladder: list[tuple[Variant, float]], chosen: str) -> str | None:
+    """The variant a burst falls back to: the most accurate one on the task's frontier that costs at most
+    half of the chosen one per request (cheap enough to drain a burst), None if there is none."""
+    costs = {variant.model: cost for variant, cost in ladder}
+    if chosen not in costs:
+        return None
+    cheap = [variant for variant, cost in ladder if cost <= costs[chosen] / 2]
+    return max(cheap, key=lambda v: v.accuracy).model if cheap else None
