@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/bench_variants.py --part optimum
     .venv/bin/python benchmarks/bench_variants.py --part serve [--factors 0.5,1,1.5,2] [--duration 20]
+    .venv/bin/python benchmarks/bench_variants.py --part coldstart --rate 600 --duration 8
 
 ``optimum``: the 100 seeded random instances of the tests (up to 6 tasks, 4 variants each), the policy
 with one variant per task against the exact best such choice (every combination packed), the policy with
 splits against the LP bound, and the best fixed rung (INFaaS's baseline).
+
+``coldstart``: a flood at ``--rate`` on a fresh server, no warm-up: per second, the share within SLO.
 
 ``serve``: the digits-in-clutter ladder (``python -m squishy.variants.ladder examples/ladder``; built
 here if missing, needs torch) served by ``squishy serve`` with one execution slot of one thread, so the
@@ -367,6 +370,33 @@ def serve(factors: list[float], duration: float, fixed: list[str] | None, floor:
     }
 
 
+def cold_start(rate: float, seconds: float) -> dict:
+    """A flood on a fresh server: per second, the share of requests within SLO and who answered."""
+    from squishy.bench.launch import start_squishy
+    from squishy.variants.ladder import build_ladder, digits_in_clutter
+
+    build_ladder(LADDER, progress=lambda line: print(line, flush=True))
+    data = digits_in_clutter(json.loads((LADDER / "ladder.json").read_text())["seed"])
+    names = [n for n in json.loads((LADDER / "ladder.json").read_text())["rungs"] if n["kept"]]
+    repo = system_repository(LADDER, "squishy", ["clutter-digits", *(n["model"] for n in names)])
+    with start_squishy(repo, ["--slots", "1", "--threads-per-slot", "1", "--log-level", "warning"]) as server:
+        records, _ = asyncio.run(
+            drive(server.grpc_url, "clutter-digits", data.test_x, data.test_y, rate, seconds, 100.0)
+        )
+    per_second = []
+    for second in range(int(seconds)):
+        here = [r for r in records if int(r[0] / rate) == second]
+        ok = [r for r in here if r[1] == "ok"]
+        answered: dict[str, int] = {}
+        for r in ok:
+            answered[r[4]] = answered.get(r[4], 0) + 1
+        per_second.append(
+            {"second": second, "sent": len(here), "within_slo": len(ok) / max(len(here), 1), "answered": answered}
+        )
+        print(f"  second {second}: {len(ok) / max(len(here), 1):6.1%} within SLO  {answered}")
+    return {"rate": rate, "seconds": seconds, "per_second": per_second}
+
+
 def plot(results: dict, out: Path) -> Path:
     """Delivered accuracy and share within SLO against offered load, one line per system."""
     import matplotlib
@@ -401,7 +431,8 @@ def plot(results: dict, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["optimum", "serve", "plot"], required=True)
+    parser.add_argument("--part", choices=["optimum", "serve", "plot", "coldstart"], required=True)
+    parser.add_argument("--rate", type=float, default=600.0, help="with --part coldstart: requests/s")
     parser.add_argument("--input", help="with --part plot: a serve-DATE.json to plot")
     parser.add_argument("--factors", default="0.5,1,1.5,2", help="offered load, multiples of the top rung's capacity")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per run (after warm-up)")
@@ -418,6 +449,8 @@ def main() -> None:
         return
     if args.part == "optimum":
         figures = optimum()
+    elif args.part == "coldstart":
+        figures = cold_start(args.rate, args.duration)
     else:
         factors = [float(f) for f in args.factors.split(",")]
         figures = serve(factors, args.duration, [m for m in args.fixed.split(",") if m] or None, args.floor)
