@@ -462,7 +462,7 @@ class ServingCore(BatchSink):
     def _variant_models(self) -> set[str]:
         return {name for task in self._valid_tasks.values() for name in task.variants}
 
-    def _plan_keys(self, now_s: float) -> list[str]:
+    def _plan_keys(self, now_s: float, measured: Mapping[Hashable, float] | None = None) -> list[str]:
         """The sessions and tasks to plan: every plain session, every task whose variants are all ready,
         and a variant only when requests name it directly (a variant no task chose costs no backend).
         Tasks that cannot be served are marked unavailable, with the reason."""
@@ -477,7 +477,7 @@ class ServingCore(BatchSink):
                 self._unschedulable[task.spec.name] = problem
         self.control.chooser = self._chooser if self._valid_tasks else None
         variants = self._variant_models()
-        measured = self.control.measured(now_s)
+        measured = measured if measured is not None else self.control.measured(now_s)
         keys = [sid for sid, s in self._sessions.items() if s.spec.name not in variants or measured.get(sid, 0.0) > 0]
         return keys + list(self._valid_tasks)
 
@@ -512,7 +512,7 @@ class ServingCore(BatchSink):
         )
         if not self._sessions:
             return None
-        return self.control.decide(now_s, self._plan_keys(now_s))
+        return self.control.decide(now_s, self._plan_keys(now_s, measured))
 
     def install_plan(self, plan: Plan, reason: str = "manual") -> None:
         """Run ``plan`` from now on (an operator's or a test's plan; the control loop's next re-plan starts

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from squishy.errors import SquishyError
+from squishy.variants.entry import Tensor, config_text
 
 BUILDS = ("ort-basic", "ort-all", "int8-dynamic", "int8-static", "fp16")
 CALIBRATION_SAMPLES = 128
@@ -359,24 +360,13 @@ def _write(
     batching = all(t.shape and t.shape[0] == -1 for t in graph_inputs)
     batch_size = max_batch if batching else 0
 
-    def tensors(kind: str, entries: list[Any]) -> str:
-        rows = []
-        for t in entries:
-            dims = list(t.shape[1:] if batching else t.shape) or [1]
-            rows.append(f'  {{ name: "{t.name}" data_type: {t.triton_type} dims: [ {", ".join(map(str, dims))} ] }}')
-        return f"{kind} [\n" + ",\n".join(rows) + "\n]"
+    def tensors(entries: list[Any]) -> list[Tensor]:
+        return [Tensor(t.name, t.triton_type, tuple(t.shape[1:] if batching else t.shape)) for t in entries]
+
+    inputs, outputs = tensors(graph_inputs), tensors(graph_outputs)
 
     def config(model: str, platform: str, parameters: dict[str, str]) -> str:
-        lines = [
-            f'name: "{model}"',
-            f'platform: "{platform}"',
-            f"max_batch_size: {batch_size}",
-            tensors("input", graph_inputs),
-            tensors("output", graph_outputs),
-            f'parameters {{ key: "slo_ms" value {{ string_value: "{slo_ms:g}" }} }}',
-        ]
-        lines += [f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in parameters.items()]
-        return "\n".join(lines) + "\n"
+        return config_text(model, platform, batch_size, inputs, outputs, {"slo_ms": f"{slo_ms:g}", **parameters})
 
     root.mkdir(parents=True, exist_ok=True)
     for candidate in kept:

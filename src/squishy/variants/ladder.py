@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from squishy.variants.entry import Tensor, config_text
+
 RESOLUTION = 40
 RENDERINGS_PER_DIGIT = 8
 TRAIN_SHARE = 2 / 3
@@ -224,39 +226,23 @@ def onnx_accuracy(path: Path, data: DigitsInClutter) -> tuple[float, float, floa
 
 
 # ------------------------------------------------------------------------------------------ repository
+INPUTS = (Tensor("image", "TYPE_FP32", (1, RESOLUTION, RESOLUTION)),)
+OUTPUTS = (Tensor("probabilities", "TYPE_FP32", (10,)), Tensor("label", "TYPE_INT64", (1,)))
+
+
 def _config(name: str, description: str, parameters: dict[str, str]) -> str:
-    lines = [
-        f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {MAX_BATCH}",
-        f'input [ {{ name: "image" data_type: TYPE_FP32 dims: [ 1, {RESOLUTION}, {RESOLUTION} ] }} ]',
-        "output [",
-        '  { name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] },',
-        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] }',
-        "]",
-        f'parameters {{ key: "slo_ms" value {{ string_value: "{SLO_MS:g}" }} }}',
-        f'parameters {{ key: "description" value {{ string_value: "{description}" }} }}',
-    ]
-    lines += [f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in parameters.items()]
-    return "\n".join(lines) + "\n"
+    settings = {"slo_ms": f"{SLO_MS:g}", "description": description, **parameters}
+    return config_text(name, "onnxruntime_onnx", MAX_BATCH, INPUTS, OUTPUTS, settings)
 
 
 def task_config(variants: Sequence[Rung], accuracy_floor: float = 0.0) -> str:
     """The task's entry: requests to it are answered by whichever variant the plan chose."""
-    lines = [
-        f'name: "{TASK}"',
-        'platform: "squishy_variants"',
-        f"max_batch_size: {MAX_BATCH}",
-        f'input [ {{ name: "image" data_type: TYPE_FP32 dims: [ 1, {RESOLUTION}, {RESOLUTION} ] }} ]',
-        "output [",
-        '  { name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] },',
-        '  { name: "label" data_type: TYPE_INT64 dims: [ 1 ] }',
-        "]",
-        f'parameters {{ key: "slo_ms" value {{ string_value: "{SLO_MS:g}" }} }}',
-        f'parameters {{ key: "variants" value {{ string_value: "{",".join(r.model for r in variants)}" }} }}',
-        f'parameters {{ key: "accuracy_floor" value {{ string_value: "{accuracy_floor:g}" }} }}',
-    ]
-    return "\n".join(lines) + "\n"
+    settings = {
+        "slo_ms": f"{SLO_MS:g}",
+        "variants": ",".join(r.model for r in variants),
+        "accuracy_floor": f"{accuracy_floor:g}",
+    }
+    return config_text(TASK, "squishy_variants", MAX_BATCH, INPUTS, OUTPUTS, settings)
 
 
 def _recipe(seed: int) -> str:
