@@ -13,10 +13,14 @@ session has a queue. Pure: no clocks, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from squishy.control import Choice
 
 Target = TypeVar("Target")
 
@@ -104,3 +108,57 @@ def split_by_target(targets: np.ndarray, count: int) -> list[np.ndarray]:
     order = np.argsort(targets, kind="stable")
     bounds = np.cumsum(np.bincount(targets, minlength=count))[:-1]
     return np.split(order, bounds)
+
+
+@dataclass
+class TaskRoute:
+    """Which session answers a task's next request, and whether it is admitted at all.
+
+    ``follow`` points it at a re-plan's choice of variants; ``admit`` and ``target`` are then asked once per
+    request, in arrival order. Shares are spread by fractional credits, not coins, so the served rate is
+    what the plan packed, not that rate plus noise."""
+
+    route: Hashable | None = None  # the session of the chosen variant
+    accuracy: float | None = None  # the delivered accuracy of the admitted requests
+    share: float = 1.0  # of the task's requests admitted; the rest are beyond capacity
+    upper_route: Hashable | None = None  # a more accurate variant's session that answers part of them
+    upper_share: float = 0.0  # of the admitted requests, those sent to ``upper_route``
+    fallback_route: Hashable | None = None  # a much cheaper variant's session, planned to absorb bursts
+    _credit: float = field(default=0.0, repr=False)
+    _upper_credit: float = field(default=0.0, repr=False)
+
+    def follow(self, choice: Choice | None, task: Hashable, asked: Mapping[Hashable, float]) -> None:
+        """Serve as ``choice`` says for ``task``; ``asked`` holds the measured rates it was made for."""
+        route = choice.routes.get(task) if choice is not None else None
+        self.route = route
+        self.accuracy = choice.accuracy.get(task) if choice is not None else None
+        split = choice.splits.get(task) if choice is not None else None
+        self.upper_route = split[0] if split is not None else None
+        self.upper_share = split[1] if split is not None else 0.0
+        self.fallback_route = choice.fallbacks.get(task) if choice is not None else None
+        rate = asked.get(task, 0.0)
+        served = choice.served.get(task, rate) if choice is not None else rate
+        self.share = min(1.0, served / rate) if rate > 0 else 1.0
+
+    def admit(self) -> bool:
+        """Whether to serve the next request: exactly ``share`` of them, evenly spread."""
+        if self.share >= 1.0:
+            return True
+        self._credit += self.share
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
+    def target(self) -> Hashable | None:
+        """The session that answers the next admitted request (``upper_share`` of them the upper one)."""
+        if self.upper_route is not None and self.upper_share > 0:
+            self._upper_credit += self.upper_share
+            if self._upper_credit >= 1.0:
+                self._upper_credit -= 1.0
+                return self.upper_route
+        return self.route
+
+    def chain(self) -> list[Hashable]:
+        """The task's planned variants, costliest first: each falls back to the next under bursts."""
+        return [s for s in (self.upper_route, self.route, self.fallback_route) if s is not None]

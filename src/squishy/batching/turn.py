@@ -23,12 +23,18 @@ fixed point through notifications; the simulator and the tests replay it determi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from squishy.batching.policies import Dispatch, SquishyDispatch
+
+# A request of a task's costlier variant that its queue would finish within this share of its SLO before
+# the deadline runs on the cheaper variant beside it instead: the reply's path back to the client takes
+# milliseconds the executor's clock does not see, more on a busy machine.
+FALLBACK_GUARD_SHARE = 0.1
 
 
 class TurnQueue(Protocol):
@@ -64,6 +70,17 @@ class Slot:
     # ``fallback_guard_ms`` before their deadline run there instead of being dropped or answered late.
     fallback: Hashable | None = None
     fallback_guard_ms: float = 0.0
+
+
+def declare_fallbacks(slots: Sequence[Slot], chains: Iterable[tuple[Sequence[Hashable], float]]) -> None:
+    """Link each task's variants that share this backend: ``chains`` holds, per task, its planned variants'
+    sessions costliest first and its SLO; each present one falls back to the next cheaper present one."""
+    here = {slot.session: slot for slot in slots}
+    for chain, slo_ms in chains:
+        resident = [here[session] for session in chain if session in here]
+        for costlier, cheaper in itertools.pairwise(resident):
+            costlier.fallback = cheaper.session
+            costlier.fallback_guard_ms = FALLBACK_GUARD_SHARE * slo_ms
 
 
 @dataclass(eq=False)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import threading
@@ -30,11 +29,12 @@ import numpy as np
 
 from squishy.batching import DropPolicy, Item, SessionQueue
 from squishy.batching.latency import LatencyModel
-from squishy.batching.turn import Machine, Slot
+from squishy.batching.turn import Machine, Slot, declare_fallbacks
 from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.cluster import SlotLayout, slot_layout
 from squishy.cluster.assign import Assignment, assign
 from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
+from squishy.control.variants import VariantChooser
 from squishy.errors import SquishyError, WorkloadError
 from squishy.metrics import ServerMetrics
 from squishy.profiles import Profile
@@ -54,10 +54,11 @@ from squishy.runtime.backend import BatchSink, BatchTiming, SessionWork, Worker
 from squishy.runtime.executors import Executor, make_executor
 from squishy.runtime.repository import PLATFORM_VARIANTS, ModelRepository
 from squishy.runtime.stats import StatisticsBook
-from squishy.runtime.tasks import ServedTask, VariantChooser, VariantSession, task_problem
+from squishy.runtime.tasks import ServedTask, VariantSession, scheduler_task, task_problem
 from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
 from squishy.scheduler.demand import scheduled_profile
 from squishy.scheduler.replan import replan
+from squishy.scheduler.variants import Task
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,6 @@ DEFAULT_MAX_HEADROOM = 2.0
 
 Reply = Callable[[InferResponse | BaseException], None]
 VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model that answered a task's request
-# A request of a task's costlier variant that its queue would finish within this share of its SLO before
-# the deadline runs on the cheaper variant beside it instead: the reply's path back to the client takes
-# milliseconds the executor's clock does not see, more on a busy machine.
-FALLBACK_GUARD_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -194,8 +191,7 @@ class ServingCore(BatchSink):
         self.stats = StatisticsBook(clock)
         self.control = ControlLoop(self.config.control(), _Planner(self), capacity=self.config.layout.slots)
         self._chooser = VariantChooser(
-            tasks=lambda: self._valid_tasks,
-            sessions=self._variant_sessions,
+            tasks=self._scheduler_tasks,
             profiles=lambda: {sid: s.planning_profile() for sid, s in self._sessions.items()},
             slo_ms=lambda sid: self._sessions[sid].spec.slo_ms,
             settings=self.config.settings,
@@ -310,7 +306,7 @@ class ServingCore(BatchSink):
         chosen variant's."""
         sid = session_id(spec)
         task = self._valid_tasks.get(sid)
-        session = self._sessions.get(task.route if task is not None and task.route is not None else sid)
+        session = self._sessions.get(str(task.route) if task is not None and task.route is not None else sid)
         return session.latency.latency_ms(1) if session is not None else 0.0
 
     def statistics(self, name: str | None = None, version: str | None = None) -> list[ModelStatistics]:
@@ -378,7 +374,7 @@ class ServingCore(BatchSink):
                 f"model {spec.name!r}: request shed, the load exceeds what its cheapest variant{floor} can serve "
                 f"here ({task.share:.0%} of requests admitted)"
             )
-        target = task.target() or route
+        target = str(task.target() or route)
         self.metrics.record_variant(spec.name, self._sessions[target].spec.name)
         return target
 
@@ -458,6 +454,10 @@ class ServingCore(BatchSink):
             if known is None or int(session.spec.version) > int(known.spec.version):
                 newest[session.spec.name] = session
         return {name: VariantSession(s.session_id, s.spec, s.planning_profile()) for name, s in newest.items()}
+
+    def _scheduler_tasks(self) -> dict[str, Task]:
+        sessions = self._variant_sessions()
+        return {sid: scheduler_task(task, sessions) for sid, task in self._valid_tasks.items()}
 
     def _variant_models(self) -> set[str]:
         return {name for task in self._valid_tasks.values() for name in task.variants}
@@ -573,20 +573,11 @@ class ServingCore(BatchSink):
     def _route_tasks(self, decision: PlanDecision | None) -> None:
         """Under the lock: point each task at the variant the decision chose, at the share it serves."""
         choice = decision.choice if decision is not None else None
+        asked = decision.request.rates if decision is not None else {}
         for sid, task in self._tasks.items():
-            route = choice.routes.get(sid) if choice is not None else None
-            task.route = str(route) if route is not None else None
-            task.accuracy = choice.accuracy.get(sid) if choice is not None else None
-            split = choice.splits.get(sid) if choice is not None else None
-            task.upper_route = str(split[0]) if split is not None else None
-            task.upper_share = split[1] if split is not None else 0.0
-            fallback = choice.fallbacks.get(sid) if choice is not None else None
-            task.fallback_route = str(fallback) if fallback is not None else None
-            asked = decision.request.rates.get(sid, 0.0) if decision is not None else 0.0
-            served = choice.served.get(sid, asked) if choice is not None else asked
-            task.share = min(1.0, served / asked) if asked > 0 else 1.0
+            task.follow(choice, sid, asked)
             if task.route is not None:
-                variant = self._sessions[task.route].spec.name
+                variant = self._sessions[str(task.route)].spec.name
                 self.metrics.set_variant_choice(task.spec.name, variant, task.accuracy or 0.0, task.share)
         if choice is not None and choice.delivered_accuracy is not None:
             self.metrics.set_planned_accuracy(choice.delivered_accuracy)
@@ -622,7 +613,7 @@ class ServingCore(BatchSink):
                 slots.append(Slot(sid, queue, share.batch, payload=work))
                 weights.setdefault(sid, {})[index] = weights.get(sid, {}).get(index, 0.0) + share.rate
                 planned.add(sid)
-            self._declare_fallbacks(slots)
+            declare_fallbacks(slots, [(task.chain(), task.spec.slo_ms) for task in self._tasks.values()])
             before = set(worker.turn.sessions)
             moved += sum(1 for slot in slots if slot.session not in before)
             budget = slot_plan.steal_budget_ms if slot_plan is not None else math.inf
@@ -639,7 +630,7 @@ class ServingCore(BatchSink):
         for sid, item in orphans:  # queued requests move with their session
             task = item.payload.task
             if task is not None and task.route is not None:
-                sid = task.route  # or to the variant now chosen for their task
+                sid = str(task.route)  # or to the variant now chosen for their task
             router = self._routers.get(sid)
             if router is None:
                 self._count_failed(item)
@@ -658,17 +649,6 @@ class ServingCore(BatchSink):
         if plan is not None:
             self.metrics.set_plan(plan, labels=self._labels())
         return moved
-
-    def _declare_fallbacks(self, slots: list[Slot]) -> None:
-        """Each of a task's variants on one backend (the split's upper one, the chosen one, the fallback
-        variant kept resident) falls back to the next cheaper one there under bursts (``squishy.batching.turn``)."""
-        here = {str(slot.session): slot for slot in slots}
-        for task in self._tasks.values():
-            chain = [sid for sid in (task.upper_route, task.route, task.fallback_route) if sid is not None]
-            resident = [sid for sid in chain if sid in here]
-            for costlier, cheaper in itertools.pairwise(resident):
-                here[costlier].fallback = cheaper
-                here[costlier].fallback_guard_ms = FALLBACK_GUARD_SHARE * task.spec.slo_ms
 
     def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
         """ℓ(batch) as the scheduler counts it (margins included)."""
