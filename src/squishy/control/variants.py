@@ -18,6 +18,7 @@ from squishy.scheduler import Settings
 from squishy.scheduler.variants import (
     Task,
     Variant,
+    VariantPlan,
     choose_variants,
     delivered_accuracy,
     frontier,
@@ -37,6 +38,20 @@ CHOICE_LOAD_MARGIN = 1.35
 FALLBACK_RESIDENT_RATE = 1.0
 
 
+def observed_profile(profile: Profile, slowdown: float, settings: Settings) -> Profile:
+    """The profile variants are chosen with: ℓ(b) scaled by the slowdown observed while serving, where it
+    exceeds the margin the settings add anyway (rounded, so that noise does not make a new profile every
+    tick). On a machine whose slots share cores with request handling, a slot runs batches slower than
+    the profiler measured it alone; a choice made at the profiled speed sends the costly variant more than
+    the slot carries. The packing itself still uses the profile."""
+    factor = slowdown_factor(slowdown, settings)
+    return profile if factor == 1.0 else profile.with_margin(factor)
+
+
+def slowdown_factor(slowdown: float, settings: Settings) -> float:
+    return round(max(1.0, slowdown / settings.profile_inflation), 2)
+
+
 @dataclass
 class VariantChooser:
     """The control loop's ``Chooser`` over tasks and plain sessions.
@@ -54,10 +69,21 @@ class VariantChooser:
     last_notes: tuple[str, ...] = ()
 
     def choose(self, rates: Mapping[Hashable, float], capacity: int | None) -> Choice:
+        margin = self.load_margin
+        result = self._solve(rates, capacity, margin)
+        if margin > 1.0 and result.shed_rate > 0:
+            # The margin buys spare time by degrading; it must not shed requests the slots can carry. When
+            # even the cheapest allowed variants do not fit the load with it, choose for the load as measured.
+            measured = self._solve(rates, capacity, 1.0)
+            if measured.shed_rate < result.shed_rate / margin:
+                result, margin = measured, 1.0
+        return self._choice(result, margin)
+
+    def _solve(self, rates: Mapping[Hashable, float], capacity: int | None, margin: float) -> VariantPlan:
         tasks = self.tasks()
         scheduler_tasks = []
         for key, measured in rates.items():
-            rate = measured * self.load_margin
+            rate = measured * margin
             name = str(key)
             task = tasks.get(name)
             if task is None:
@@ -69,6 +95,11 @@ class VariantChooser:
             capacity = most_accurate_needs(scheduler_tasks, profiles, settings=self.settings)
         result = choose_variants(scheduler_tasks, profiles, capacity, settings=self.settings)
         self.last_notes = result.notes
+        return result
+
+    def _choice(self, result: VariantPlan, margin: float) -> Choice:
+        tasks = self.tasks()
+        profiles = self.profiles()
         session_rates: dict[Hashable, float] = {
             s.model: s.rate
             for s in sessions_for(result.tasks, result.chosen, result.served_rate, result.upper).sessions
@@ -97,7 +128,7 @@ class VariantChooser:
             splits=splits,
             fallbacks=fallbacks,
             # Served rates in measured units: the margin is spare time, not requests to admit.
-            served={t.name: result.served_rate[t.name] / self.load_margin for t in chosen_tasks},
+            served={t.name: result.served_rate[t.name] / margin for t in chosen_tasks},
             accuracy=accuracy,
             delivered_accuracy=delivered_accuracy(chosen_tasks, result.chosen, result.served_rate, result.upper)
             if asked > 0

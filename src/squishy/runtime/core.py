@@ -34,7 +34,7 @@ from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.cluster import SlotLayout, slot_layout
 from squishy.cluster.assign import Assignment, assign
 from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
-from squishy.control.variants import VariantChooser
+from squishy.control.variants import VariantChooser, observed_profile, slowdown_factor
 from squishy.errors import SquishyError, WorkloadError
 from squishy.metrics import ServerMetrics
 from squishy.profiles import Profile
@@ -118,16 +118,10 @@ class _Session:
         self.scheduled = scheduled_profile(self.profile, self.settings)
 
     def planning_profile(self) -> Profile:
-        """The profile variants are chosen with: ℓ(b) scaled by the slowdown observed while serving where
-        it exceeds the margin the settings add anyway. On this kind of machine the slots share cores (and
-        their caches) with request handling, so a slot runs batches slower than the profiler measured it
-        alone; a choice made at the profiled speed sends the costly variant more than the slot carries.
-        (The packing itself still uses the profile, as the simulator does, so the two stay one engine.)"""
-        factor = round(max(1.0, self.latency.slowdown / self.settings.profile_inflation), 2)
-        if factor == 1.0:
-            return self.profile
+        """The profile variants are chosen with (``observed_profile``), kept while the slowdown holds."""
+        factor = slowdown_factor(self.latency.slowdown, self.settings)
         if self._planning is None or self._planning[0] != factor:
-            self._planning = (factor, self.profile.with_margin(factor))
+            self._planning = (factor, observed_profile(self.profile, self.latency.slowdown, self.settings))
         return self._planning[1]
 
 

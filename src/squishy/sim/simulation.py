@@ -20,7 +20,7 @@ Two ways requests reach the backends:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,15 +30,17 @@ from squishy.arrivals import Arrivals, RateSchedule, source_streams
 from squishy.batching.latency import LatencyModel
 from squishy.batching.policies import ClipperDispatch, Dispatch, SquishyDispatch, TfServingDispatch
 from squishy.batching.queue import ArrayItems, ArraySessionQueue
-from squishy.batching.turn import BackendTurn, Slot, Turn
+from squishy.batching.turn import BackendTurn, Slot, Turn, declare_fallbacks
 from squishy.cluster.assign import Assignment, SessionShare, assign
-from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
+from squishy.control import Choice, ControlConfig, ControlLoop, PlanDecision, PlanRequest
+from squishy.control.variants import VariantChooser, observed_profile
 from squishy.profiles import Profile
-from squishy.routing import DeficitRoundRobin, pick_by_backlog, split_by_target
+from squishy.routing import DeficitRoundRobin, TaskRoute, pick_by_backlog, split_by_target
 from squishy.scheduler import Allocation, Plan, Session, Settings, Workload, make_plan
 from squishy.scheduler.demand import prefix_demand, scheduled_profile
 from squishy.scheduler.queries import stage_names
 from squishy.scheduler.replan import replan
+from squishy.scheduler.variants import Task
 from squishy.scheduler.workload import SessionKey
 from squishy.sim.backend import CLASS_BITS, CLASS_MASK, ExecModel, InFlight, Share, SimBackend, SimNode
 from squishy.sim.cpu import HostPool, SharedCpu
@@ -164,6 +166,8 @@ class RequestClass:
     stage_name: str = ""
     children: list[tuple[int, float]] = field(default_factory=list)  # (class index, gamma)
     host_work_ms: float = 0.0  # host CPU a request of this class costs where it enters (see _host_work)
+    task: int = -1  # index into the simulation's tasks, -1 for a plain session or a query stage
+    task_entry: bool = False  # a task's requests before the choice of variant routes them to one
 
 
 class RequestTable:
@@ -251,11 +255,20 @@ class _SimPlanner:
         self.simulation = simulation
 
     def _workload(self, rates: Mapping[Hashable, float]) -> Workload:
+        """Sessions in the order of ``rates``, as the server's planner takes them: plain sessions' (and
+        queries') rates by source index, a task's variants' by model name (the keys ``_SimChooser`` gives)."""
         workload = self.simulation.workload
         n_sessions = len(workload.sessions)
+        variants = self.simulation.variant_sessions
+        sessions = []
+        for key, rate in rates.items():
+            if isinstance(key, str):
+                sessions.append(replace(variants[key], rate=float(rate)))
+            elif isinstance(key, int) and key < n_sessions:
+                sessions.append(replace(workload.sessions[key], rate=float(rate)))
         return replace(
             workload,
-            sessions=tuple(replace(s, rate=float(rates.get(i, 0.0))) for i, s in enumerate(workload.sessions)),
+            sessions=tuple(sessions),
             queries=tuple(
                 replace(q, rate=float(rates.get(n_sessions + i, 0.0))) for i, q in enumerate(workload.queries)
             ),
@@ -277,6 +290,53 @@ class _SimPlanner:
         return replan(previous, self._workload(rates), self.simulation.planning).plan
 
 
+class _SimChooser:
+    """The server's chooser of variants (``VariantChooser``) over the simulation's sources: plain sessions
+    are named ``session:<index>`` for it, tasks by their names, variant sessions by their models."""
+
+    def __init__(self, simulation: Simulation) -> None:
+        self.simulation = simulation
+        sim = simulation
+        self.plain = {f"session:{i}": i for i in range(len(sim.workload.sessions))}
+        first_task = len(sim.workload.sessions) + len(sim.workload.queries)
+        self.task_source = {task.name: first_task + i for i, task in enumerate(sim.tasks)}
+        self.chooser = VariantChooser(
+            tasks=lambda: {task.name: task for task in sim.tasks},
+            profiles=self._profiles,
+            slo_ms=lambda name: sim.workload.sessions[self.plain[name]].slo_ms,
+            settings=sim.workload.settings,
+        )
+
+    def _profiles(self) -> dict[str, Profile]:
+        """Each session's planning profile, scaled by the slowdown its backends observed (as the server's)."""
+        sim = self.simulation
+        sessions = [*sim.workload.sessions, *sim.variant_sessions.values()]
+        observed = {}
+        for session in sessions:
+            latency = sim._latency_models.get(session.key)
+            slowdown = latency.slowdown if latency is not None else 1.0
+            observed[session.model] = observed_profile(sim.planning[session.model], slowdown, sim.workload.settings)
+        return {**observed, **{name: observed[sim.workload.sessions[i].model] for name, i in self.plain.items()}}
+
+    def choose(self, rates: Mapping[Hashable, float], capacity: int | None) -> Choice:
+        source: dict[str, int] = {**self.plain, **self.task_source}
+        names: dict[Hashable, str] = {index: name for name, index in source.items()}
+        choice = self.chooser.choose({names[key]: rate for key, rate in rates.items()}, capacity)
+
+        def keyed(mapping: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            return {source.get(str(key), key): value for key, value in mapping.items()}
+
+        return replace(
+            choice,
+            session_rates=keyed(choice.session_rates),
+            routes=keyed(choice.routes),
+            splits=keyed(choice.splits),
+            fallbacks=keyed(choice.fallbacks),
+            served=keyed(choice.served),
+            accuracy=keyed(choice.accuracy),
+        )
+
+
 class Simulation:
     def __init__(
         self,
@@ -285,9 +345,12 @@ class Simulation:
         plan: Plan | None,
         system: SystemSpec | str = "squishy",
         config: SimConfig | None = None,
+        tasks: Sequence[Task] = (),
     ) -> None:
         """``plan`` None: the control loop makes the first plan, from the minimum rates (as the server
-        does at start); it needs ``config.control``."""
+        does at start); it needs ``config.control``. ``tasks`` are served by model variants, chosen by the
+        server's own chooser at each re-plan (they need the control loop, and sessions beside them but no
+        queries)."""
         self.system = SYSTEMS[system] if isinstance(system, str) else system
         self.config = config or SimConfig()
         self.workload = workload
@@ -302,9 +365,13 @@ class Simulation:
         self.latency_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
         self.fanout_rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
 
-        # Sources: plain sessions, then queries.
+        self.tasks = tuple(tasks)
+        self.variant_sessions = _variant_sessions(self.tasks, workload, profiles, self.config, plan)
+        # Sources: plain sessions, then queries, then tasks.
         names = [f"{s.model}@{s.slo_ms:g}ms" for s in workload.sessions] + [f"query:{q.name}" for q in workload.queries]
+        names += [task.name for task in self.tasks]
         base_rates = [s.rate for s in workload.sessions] + [q.rate for q in workload.queries]
+        base_rates += [task.rate for task in self.tasks]
         self.base_rates = np.asarray(base_rates, dtype=float)
         # The load generator's streams for the same seed (``squishy.arrivals``): the same requests.
         self.streams = source_streams(
@@ -323,6 +390,27 @@ class Simulation:
                 if parent >= 0:
                     self.classes[first + parent].children.append((cls.index, stage.gamma))
             self.root_class.append(first)
+        # A task: one class its requests enter as, and one per variant that may answer them.
+        self.task_entry_class: list[int] = []
+        self.task_variant_class: list[dict[str, int]] = []
+        self.task_routes = [TaskRoute() for _ in self.tasks]
+        first_task = len(workload.sessions) + len(workload.queries)
+        for t_index, task in enumerate(self.tasks):
+            entry = self._add_class(task.variants[0].model, first_task + t_index, task.slo_ms)
+            entry.task, entry.task_entry = t_index, True
+            self.task_entry_class.append(entry.index)
+            by_model = {}
+            for variant in task.variants:
+                cls = self._add_class(variant.model, first_task + t_index, task.slo_ms)
+                cls.task = t_index
+                by_model[variant.model] = cls.index
+            self.task_variant_class.append(by_model)
+        # Per task and variant: requests it answered within their deadline (by the backend's clock) and
+        # requests that fell back to it from a costlier variant, both after the warm-up.
+        self.variant_on_time = [dict.fromkeys(by_model, 0) for by_model in self.task_variant_class]
+        self.variant_fell_back = [dict.fromkeys(by_model, 0) for by_model in self.task_variant_class]
+        self.task_of_model = {v.model: i for i, task in enumerate(self.tasks) for v in task.variants}
+        self.task_shed = [0] * len(self.tasks)
         if len(self.classes) > CLASS_MASK:
             raise ValueError(f"too many request classes ({len(self.classes)}) for the tag encoding")
         # The simulated machines' host CPU: as configured, or as the workload tells the planner.
@@ -378,7 +466,8 @@ class Simulation:
         capacity = cfg.capacity if cfg.capacity is not None else (cfg.machine.slots if cfg.machine else None)
         self.control: ControlLoop | None = None
         if cfg.control is not None:
-            self.control = ControlLoop(cfg.control, _SimPlanner(self), capacity=capacity)
+            chooser = _SimChooser(self) if self.tasks else None
+            self.control = ControlLoop(cfg.control, _SimPlanner(self), capacity=capacity, chooser=chooser)
         self._initial_plan = plan
         self.replans: list[dict[str, Any]] = []
         self.stopped_early = False
@@ -575,6 +664,8 @@ class Simulation:
             slot_plan = assignment.slots.get(slot_id)
             shares = slot_plan.shares if slot_plan is not None else ()
             slots = [self._new_slot(share, backend.turn.slot(share.key)) for share in shares]
+            if self.tasks:
+                declare_fallbacks(slots, self._fallback_chains())
             if slot_plan is None and cfg.machine is None:
                 if not backend.retired:
                     for slot in backend.turn.assign([]):
@@ -595,7 +686,7 @@ class Simulation:
         for arrivals, deadlines, tags in moving:
             self._route_mixed(arrivals, deadlines, tags)
         for arrivals, deadlines, tags in pending:
-            self._route_mixed(arrivals, deadlines, tags)
+            self._route_mixed(arrivals, deadlines, self._to_task_route(tags))
         self._installing = True  # the server re-queues moved requests under its lock, then workers look
         for items in forwarded:
             self._forward(items, now + (0.0 if self.exact else cfg.network_ms))
@@ -608,7 +699,10 @@ class Simulation:
                     self._settle(backend.node, backend)
 
     def _forward(self, items: ArrayItems, arrival_ms: float) -> None:
-        """Queued requests whose session left their backend go to its new backends."""
+        """Queued requests whose session left their backend go to its new backends (a task's requests to
+        the variant now chosen for it, as the server moves them)."""
+        if self.tasks:
+            items = replace(items, tags=self._to_task_route(items.tags))
         if self.exact:
             rows = items.sizes if items.sizes is not None else np.ones(len(items), dtype=np.int64)
             pri = items.priorities if items.priorities is not None else np.zeros(len(items), dtype=np.int64)
@@ -626,6 +720,9 @@ class Simulation:
     def _build_routes(self, plan: Plan) -> None:
         routes: list[tuple[list[tuple[SimBackend, Slot]], DeficitRoundRobin[int]] | None] = []
         for cls in self.classes:
+            if cls.task_entry:  # routed to a variant's class first (``_task_target``)
+                routes.append(None)
+                continue
             slo = cls.slo_ms
             if cls.query >= 0:
                 query = self.workload.queries[cls.query]
@@ -673,6 +770,9 @@ class Simulation:
     # ------------------------------------------------------------------------------ routing
     def _route(self, cls_index: int, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
         """Requests of one class on their way: exact (admitted one by one) or bulk (onto the network)."""
+        if self.classes[cls_index].task_entry and not self.exact:
+            self._route_task(self.classes[cls_index], arrivals, deadlines, tags)
+            return
         if self.exact:
             rows = np.ones(len(tags), dtype=np.int64)
             self._exact.add(arrivals, deadlines, tags, rows, np.zeros(len(tags), dtype=np.int64))
@@ -690,6 +790,43 @@ class Simulation:
         for target, positions in zip(targets, split_by_target(chosen, len(targets)), strict=True):
             if len(positions):
                 self._deliver(target, cls_index, arrivals[positions], deadlines[positions], tags[positions])
+
+    def _route_task(self, entry: RequestClass, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
+        """A task's requests, in arrival order, each to the class of the variant its route names (or shed)."""
+        targets = np.array([self._task_target(entry.task) for _ in range(len(tags))], dtype=np.int64)
+        shed = targets < 0
+        if shed.any():
+            self._dropped(deadlines[shed], tags[shed])
+        for cls_index in np.unique(targets[~shed]).tolist():
+            mine = targets == cls_index
+            self._route(cls_index, arrivals[mine], deadlines[mine], (tags[mine] & ~CLASS_MASK) | cls_index)
+
+    def _to_task_route(self, tags: np.ndarray) -> np.ndarray:
+        """``tags`` with every task request's class set to the variant its task's route now names."""
+        if not self.tasks or len(tags) == 0:
+            return tags
+        classes = tags & CLASS_MASK
+        out = tags.copy()
+        for cls_index in np.unique(classes).tolist():
+            cls = self.classes[cls_index]
+            route = self.task_routes[cls.task].route if cls.task >= 0 else None
+            if route is None:
+                continue
+            target = self.task_variant_class[cls.task][str(route)]
+            if target != cls_index:
+                mine = classes == cls_index
+                out[mine] = (tags[mine] & ~CLASS_MASK) | target
+        return out
+
+    def _task_target(self, task: int) -> int:
+        """The class of the variant that answers a task's next request, -1 when it is shed (beyond what
+        the plan serves, or no variant chosen yet): the server's admission (``TaskRoute``)."""
+        route = self.task_routes[task]
+        if route.route is None or not route.admit():
+            if self.engine.now_ms >= self.metrics.warmup_ms:
+                self.task_shed[task] += 1
+            return -1
+        return self.task_variant_class[task][str(route.target())]
 
     def _route_mixed(self, arrivals: np.ndarray, deadlines: np.ndarray, tags: np.ndarray) -> None:
         order = np.argsort(arrivals, kind="stable")
@@ -788,6 +925,12 @@ class Simulation:
     def _admit(self, deadline_ms: float, arrival_ms: float, tag: int, rows: int, priority: int) -> None:
         """One request at the door of the machine: route it, queue it or refuse it, let idle slots look."""
         cls_index = tag & CLASS_MASK
+        if self.classes[cls_index].task_entry:
+            variant = self._task_target(self.classes[cls_index].task)
+            if variant < 0:
+                self._dropped(np.array([deadline_ms]), np.array([tag], dtype=np.int64))
+                return
+            cls_index, tag = variant, (tag & ~CLASS_MASK) | variant
         route = self.routes[cls_index]
         now = self.engine.now_ms
         if route is None:
@@ -832,6 +975,10 @@ class Simulation:
         for turn in node.machine.settle(now, first.turn if first is not None else None):
             for _, items in turn.dropped:
                 self._dropped(items.deadlines_ms, items.tags)
+            if turn.fell_back and now >= self.metrics.warmup_ms:
+                for _, target, moved in turn.fell_back:
+                    model = target.session.model
+                    self.variant_fell_back[self.task_of_model[model]][model] += len(moved)
             if turn.slot is not None:
                 self._start(by_turn[id(turn.backend)], turn)
         for backend in node.backends:
@@ -897,6 +1044,8 @@ class Simulation:
         duration = batch.duration_ms
         slot.queue.latency.observe(batch.inputs, duration)
         slot.dispatch.observe(batch.inputs, duration, slot.payload.slo_ms)
+        if self.tasks:
+            self._count_variant(slot, batch)
         single = slot.payload.single_class
         tags = batch.batch_tags
         if single >= 0:
@@ -910,6 +1059,36 @@ class Simulation:
         for cls_index in np.unique(classes).tolist():
             mask = classes == cls_index
             self._served(cls_index, batch.batch_deadlines[mask], tags[mask], batch.finish_ms)
+
+    def _count_variant(self, slot: Slot, batch: InFlight) -> None:
+        """Requests a task's variant answered within their deadlines, counted by the variant that ran them
+        (a request that fell back counts for the cheaper one)."""
+        model = slot.session.model
+        task = self.task_of_model.get(model)
+        if task is None:
+            return
+        cls = self.classes[self.task_variant_class[task][model]]
+        reply = batch.finish_ms + (cls.post_ms if self.overlap else 0.0)
+        if self.exact:  # judged as the figures judge it: from the send to the reply's return
+            sends = self.requests.send_ms[(batch.batch_tags >> CLASS_BITS) - 1]
+            in_time = reply + self.config.network_ms - sends <= cls.slo_ms
+        else:
+            sends = batch.batch_deadlines - cls.slo_ms
+            in_time = batch.batch_deadlines >= reply
+        counted = in_time & (sends >= self.metrics.warmup_ms)
+        self.variant_on_time[task][model] += int(np.count_nonzero(counted))
+
+    def _fallback_chains(self) -> list[tuple[list[Hashable], float]]:
+        return [
+            ([SessionKey(str(model), task.slo_ms) for model in route.chain()], task.slo_ms)
+            for task, route in zip(self.tasks, self.task_routes, strict=True)
+        ]
+
+    def _follow(self, decision: PlanDecision) -> None:
+        """Point each task at the variants ``decision`` chose (when its plan starts to run)."""
+        first = len(self.workload.sessions) + len(self.workload.queries)
+        for index, route in enumerate(self.task_routes):
+            route.follow(decision.choice, first + index, decision.request.rates)
 
     def _served(self, cls_index: int, deadlines: np.ndarray, tags: np.ndarray, finish_ms: float) -> None:
         cls = self.classes[cls_index]
@@ -1071,7 +1250,8 @@ class Simulation:
         self.metrics.add_sent(source, sends)
         network = self.config.network_ms
         n_sessions = len(self.workload.sessions)
-        if source >= n_sessions:
+        n_plain = n_sessions + len(self.workload.queries)
+        if n_sessions <= source < n_plain:
             q_index = source - n_sessions
             query = self.workload.queries[q_index]
             qids = self.requests.new(source, sends, query.slo_ms)
@@ -1082,18 +1262,18 @@ class Simulation:
             tags = ((qids + 1) << CLASS_BITS) | root.index
             self._route(root.index, arrivals, sends + self.stage_deadline_offset_ms[root.index], tags)
             return
-        cls = self.classes[source]
+        cls = self.classes[source if source < n_sessions else self.task_entry_class[source - n_plain]]
         count = len(sends)
         if not self.exact:
             arrivals = sends + (network + self._pre_on_arrival(cls))
             if self.control is not None:
                 self.control.record_times(source, arrivals / 1000.0)
-            self._route(source, arrivals, sends + cls.slo_ms, np.full(count, source, dtype=np.int64))
+            self._route(cls.index, arrivals, sends + cls.slo_ms, np.full(count, cls.index, dtype=np.int64))
             return
         ids = self.requests.new(source, sends, cls.slo_ms)
         if origin is not None:
             self.requests.origin[ids] = origin
-        tags = ((ids + 1) << CLASS_BITS) | source
+        tags = ((ids + 1) << CLASS_BITS) | cls.index
         rows = rows if rows is not None else np.ones(count, dtype=np.int64)
         priority = priority if priority is not None else np.zeros(count, dtype=np.int64)
         if self.cpu is not None:  # through the load generator and the event loop, on the machine's cores
@@ -1245,12 +1425,16 @@ class Simulation:
                 "lower_bound": round(decision.plan.lower_bound, 3),
             }
         )
+        if decision.choice is not None and decision.choice.delivered_accuracy is not None:
+            self.replans[-1]["planned_accuracy"] = round(decision.choice.delivered_accuracy, 6)
         self.pending_plan = decision.plan
-        self.engine.schedule(now + delay, PRIORITY_SWITCH, self._switch, decision.plan)
+        self.engine.schedule(now + delay, PRIORITY_SWITCH, self._switch, decision.plan, decision)
 
-    def _switch(self, plan: Plan) -> None:
+    def _switch(self, plan: Plan, decision: PlanDecision | None = None) -> None:
         self.pending_plan = None
         before = set(self.backends)
+        if decision is not None:
+            self._follow(decision)
         self._install(plan)
         loading_until = self._loading_until_ms
         self._loading_until_ms = None
@@ -1276,6 +1460,7 @@ class Simulation:
                 request = self.control.request(0.0, range(len(self.base_rates)), "start")
                 decision = self.control.plan_for(request)
                 self.control.installed(decision)
+                self._follow(decision)
                 plan = decision.plan
             else:
                 initial = self.base_rates * self.config.scale * self.config.rate_schedule.factor_at(0.0)
@@ -1297,6 +1482,25 @@ class Simulation:
         self.engine.run()
         return self.result()
 
+    def _task_summary(self) -> dict[str, dict[str, Any]]:
+        """Per task: what each variant answered in time, what fell back, what was shed, and the delivered
+        accuracy (expected correct answers within the deadline / requests sent, after the warm-up)."""
+        out: dict[str, dict[str, Any]] = {}
+        first = len(self.workload.sessions) + len(self.workload.queries)
+        for index, task in enumerate(self.tasks):
+            sent = int(self.metrics.sent[first + index])
+            on_time = self.variant_on_time[index]
+            accuracy = {v.model: v.accuracy for v in task.variants}
+            correct = sum(accuracy[model] * count for model, count in on_time.items())
+            out[task.name] = {
+                "sent": sent,
+                "answered_in_time": dict(on_time),
+                "fell_back": dict(self.variant_fell_back[index]),
+                "shed": self.task_shed[index],
+                "delivered_accuracy": round(correct / sent, 6) if sent else None,
+            }
+        return out
+
     def result(self) -> SimResult:
         metrics = self.metrics
         overall = metrics.totals()
@@ -1317,12 +1521,35 @@ class Simulation:
             "overall": overall,
             "sessions": metrics.per_source(),
             "query_stages": stages,
+            "tasks": self._task_summary(),
             "backends_initial": first_plan.num_backends if first_plan is not None and not self.replans else None,
             "requests_resolved": metrics.served_total,
             "stopped_early": self.stopped_early,
             "events": self.engine.events_run,
         }
         return SimResult(summary=summary, metrics=self)
+
+
+def _variant_sessions(
+    tasks: Sequence[Task], workload: Workload, profiles: Mapping[str, Profile], config: SimConfig, plan: Plan | None
+) -> dict[str, Session]:
+    """Each task's variant models as sessions the planner may pack (at the rates the chooser gives)."""
+    if not tasks:
+        return {}
+    if config.control is None or plan is not None:
+        raise ValueError("tasks need the control loop to choose their variants (config.control, and no plan)")
+    if workload.queries:
+        raise ValueError("a simulation with tasks cannot also run queries")
+    plain = {s.model for s in workload.sessions}
+    sessions: dict[str, Session] = {}
+    for task in tasks:
+        for variant in task.variants:
+            if variant.model in plain or variant.model in sessions:
+                raise ValueError(f"variant {variant.model!r} of task {task.name!r} is also another session's model")
+            if variant.model not in profiles:
+                raise ValueError(f"variant {variant.model!r} of task {task.name!r} has no profile")
+            sessions[variant.model] = Session(variant.model, task.slo_ms, 0.0)
+    return sessions
 
 
 def _nothing() -> None:
