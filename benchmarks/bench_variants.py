@@ -3,12 +3,21 @@
     .venv/bin/python benchmarks/bench_variants.py --part optimum
     .venv/bin/python benchmarks/bench_variants.py --part serve [--factors 0.5,1,1.5,2] [--duration 20]
     .venv/bin/python benchmarks/bench_variants.py --part coldstart --rate 600 --duration 8
+    .venv/bin/python benchmarks/bench_variants.py --part sim [--factors 0.5,1,1.5,2,2.5] [--duration 60]
 
 ``optimum``: the 100 seeded random instances of the tests (up to 6 tasks, 4 variants each), the policy
 with one variant per task against the exact best such choice (every combination packed), the policy with
 splits against the LP bound, and the best fixed rung (INFaaS's baseline).
 
 ``coldstart``: a flood at ``--rate`` on a fresh server, no warm-up: per second, the share within SLO.
+
+``sim``: the same comparison in the simulator, which runs the server's own chooser, routing and backend
+turn (``squishy.control.variants``, ``squishy.routing.TaskRoute``, ``squishy.batching.turn``), on two
+ladders: the digits-in-clutter ladder with the profiles measured here, on one slot of one machine (ℓ(b)
+as profiled: the slot's slowdown while serving is not modelled), and a published GPU ladder (ResNet-50,
+ResNeXt-101 32x4d, SE-ResNeXt-101 32x4d; V100 16 GB, mixed precision, latencies and ImageNet top-1 from
+NVIDIA's DeepLearningExamples) on a cluster of 8 GPUs. Poisson arrivals, ``--seeds`` seeds per point; a
+simulated request counts its variant's accuracy if it is answered within its deadline.
 
 ``serve``: the digits-in-clutter ladder (``python -m squishy.variants.ladder examples/ladder``; built
 here if missing, needs torch) served by ``squishy serve`` with one execution slot of one thread, so the
@@ -397,6 +406,162 @@ def cold_start(rate: float, seconds: float) -> dict:
     return {"rate": rate, "seconds": seconds, "per_second": per_second}
 
 
+# The published ladder: V100 16 GB mixed-precision inference latency tables (squishy's reference profiles,
+# src/squishy/data/profiles/gpu) and the AMP top-1 accuracy on ImageNet of the same three models, from
+# NVIDIA/DeepLearningExamples TensorFlow/Classification/ConvNets/README.md ("Validation accuracy results",
+# tensorflow-20.03-tf1-py3 container): ResNet-50 v1.5 78.35, ResNeXt-101 32x4d 80.21, SE-ResNeXt-101 32x4d 80.87.
+GPU_LADDER = (("resnet50", 0.7835), ("resnext101-32x4d", 0.8021), ("se-resnext101-32x4d", 0.8087))
+GPU_DEVICE, GPU_PRECISION, GPU_BACKENDS = "v100-16gb", "fp16", 8
+SIM_SLO_MS = 100.0
+SIM_WARMUP_S = 15.0  # the first plan is made from nothing, as the server's is: measure after it settled
+
+
+def capacity_of(model: str, profiles: dict, backends: int, settings: Any) -> float:
+    """The highest rate (requests/s) one session of ``model`` may have and still fit ``backends``."""
+    from squishy.scheduler.variants import Task, Variant, most_accurate_needs
+
+    low, high = 1.0, 1e6
+    for _ in range(50):
+        middle = (low * high) ** 0.5
+        task = Task("t", SIM_SLO_MS, middle, (Variant(model, 1.0),))
+        if most_accurate_needs([task], profiles, settings=settings) <= backends:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def sim_run(ladder: list[tuple[str, float]], profiles: dict, system: str, rate: float, setup: dict, seed: int) -> dict:
+    """One simulated run: ``system`` is "squishy" (the task, variants chosen) or "fixed <model>"."""
+    from squishy.runtime.core import ServingConfig
+    from squishy.scheduler import Session, Workload
+    from squishy.scheduler.variants import Task, Variant
+    from squishy.sim.simulation import SimConfig, Simulation
+
+    serving = ServingConfig()
+    config = SimConfig(
+        duration_s=setup["duration_s"] + SIM_WARMUP_S,
+        warmup_s=SIM_WARMUP_S,
+        seed=seed,
+        control=serving.control(),
+        capacity=setup["backends"],
+        machine=setup["machine"],
+    )
+    accuracy = dict(ladder)
+    if system == "squishy":
+        task = Task("task", SIM_SLO_MS, rate, tuple(Variant(m, a) for m, a in ladder))
+        workload = Workload(settings=serving.settings)
+        result = Simulation(workload, profiles, None, "squishy", config, tasks=[task]).run()
+        summary = result.summary["tasks"]["task"]
+        overall = result.summary["overall"]
+        return {
+            "within_slo": overall["good_rate"],
+            "delivered_accuracy": summary["delivered_accuracy"],
+            "answered": summary["answered_in_time"],
+            "fell_back": summary["fell_back"],
+            "shed": summary["shed"],
+            "p99_ms": overall["p99_ms"],
+        }
+    model = system.removeprefix("fixed ")
+    workload = Workload(sessions=(Session(model, SIM_SLO_MS, rate),), settings=serving.settings)
+    result = Simulation(workload, {model: profiles[model]}, None, "squishy", config).run()
+    overall = result.summary["overall"]
+    return {
+        "within_slo": overall["good_rate"],
+        "delivered_accuracy": overall["good_rate"] * accuracy[model],
+        "answered": {model: overall["good"]},
+        "fell_back": {},
+        "shed": 0,
+        "p99_ms": overall["p99_ms"],
+    }
+
+
+def simulate(factors: list[float], duration: float, seeds: int) -> dict:
+    from squishy.profiles.io import load_profile, reference_profile
+    from squishy.runtime.core import ServingConfig
+    from squishy.sim.simulation import MachineSpec
+    from squishy.variants.ladder import build_ladder
+
+    build_ladder(LADDER, progress=lambda line: print(line, flush=True))
+    rungs = [r for r in json.loads((LADDER / "ladder.json").read_text())["rungs"] if r["kept"]]
+    setups = {
+        "digits in clutter, 1 CPU slot (profiled here)": {
+            "ladder": [(r["model"], r["accuracy"]) for r in rungs],
+            "intervals": {r["model"]: (r["ci_low"], r["ci_high"]) for r in rungs},
+            "profiles": {
+                r["model"]: load_profile(LADDER / r["model"] / "1" / "cpu-1t.profile-cache.json") for r in rungs
+            },
+            "backends": 1,
+            "machine": MachineSpec(slots=1),
+        },
+        f"ImageNet ConvNets, {GPU_BACKENDS} V100 GPUs (published)": {
+            "ladder": list(GPU_LADDER),
+            "intervals": {},
+            "profiles": {m: reference_profile(m, GPU_DEVICE, GPU_PRECISION) for m, _ in GPU_LADDER},
+            "backends": GPU_BACKENDS,
+            "machine": None,
+        },
+    }
+    settings = ServingConfig().settings
+    out = []
+    for name, setup in setups.items():
+        setup["duration_s"] = duration
+        ladder = setup["ladder"]
+        top = max(ladder, key=lambda rung: rung[1])[0]
+        capacity = capacity_of(top, setup["profiles"], setup["backends"], settings)
+        print(f"{name}: capacity of {top} alone {capacity:.0f} req/s", flush=True)
+        systems = ["squishy", *(f"fixed {m}" for m, _ in ladder)]
+        runs = []
+        for factor in factors:
+            for system in systems:
+                seeded = [sim_run(ladder, setup["profiles"], system, capacity * factor, setup, s) for s in range(seeds)]
+                run = {
+                    "system": system,
+                    "factor": factor,
+                    "within_slo": float(np.mean([r["within_slo"] for r in seeded])),
+                    "within_slo_min": float(np.min([r["within_slo"] for r in seeded])),
+                    "delivered_accuracy": float(np.mean([r["delivered_accuracy"] for r in seeded])),
+                    "delivered_accuracy_range": [
+                        float(np.min([r["delivered_accuracy"] for r in seeded])),
+                        float(np.max([r["delivered_accuracy"] for r in seeded])),
+                    ],
+                    "p99_ms": float(np.max([r["p99_ms"] for r in seeded])),
+                    "seeds": seeded,
+                }
+                runs.append(run)
+                print(
+                    f"  {factor:g}x {system:<28} within SLO {run['within_slo']:.4f} (min {run['within_slo_min']:.4f})"
+                    f"  delivered accuracy {run['delivered_accuracy']:.4f}  answered {seeded[0]['answered']}",
+                    flush=True,
+                )
+        comparisons = []
+        for factor in factors:
+            here = [r for r in runs if r["factor"] == factor]
+            fitting = [r for r in here if r["system"] != "squishy" and r["within_slo_min"] >= 0.99]
+            mine = next(r for r in here if r["system"] == "squishy")
+            if not fitting:
+                continue
+            best = max(fitting, key=lambda r: r["delivered_accuracy"])
+            gain = mine["delivered_accuracy"] - best["delivered_accuracy"]
+            comparisons.append({"factor": factor, "best_fixed": best["system"], "advantage": gain})
+            print(
+                f"  {factor:g}x: squishy over the best fixed variant that fits ({best['system']}): {100 * gain:+.2f} pp"
+            )
+        out.append(
+            {
+                "setup": name,
+                "ladder": ladder,
+                "intervals": setup["intervals"],
+                "backends": setup["backends"],
+                "most_accurate": top,
+                "capacity_rps": capacity,
+                "runs": runs,
+                "comparisons": comparisons,
+            }
+        )
+    return {"duration_s": duration, "seeds": seeds, "setups": out}
+
+
 def plot(results: dict, out: Path) -> Path:
     """Delivered accuracy and share within SLO against offered load, one line per system."""
     import matplotlib
@@ -431,7 +596,7 @@ def plot(results: dict, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["optimum", "serve", "plot", "coldstart"], required=True)
+    parser.add_argument("--part", choices=["optimum", "serve", "plot", "coldstart", "sim"], required=True)
     parser.add_argument("--rate", type=float, default=600.0, help="with --part coldstart: requests/s")
     parser.add_argument("--input", help="with --part plot: a serve-DATE.json to plot")
     parser.add_argument("--factors", default="0.5,1,1.5,2", help="offered load, multiples of the top rung's capacity")
@@ -442,6 +607,7 @@ def main() -> None:
         help="fixed variants to compare (default: every rung but the cheapest; none: no fixed runs)",
     )
     parser.add_argument("--floor", type=float, help="also serve the task with this accuracy_floor")
+    parser.add_argument("--seeds", type=int, default=3, help="with --part sim: seeds per point")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "plot":
@@ -451,6 +617,8 @@ def main() -> None:
         figures = optimum()
     elif args.part == "coldstart":
         figures = cold_start(args.rate, args.duration)
+    elif args.part == "sim":
+        figures = simulate([float(f) for f in args.factors.split(",")], args.duration, args.seeds)
     else:
         factors = [float(f) for f in args.factors.split(",")]
         figures = serve(factors, args.duration, [m for m in args.fixed.split(",") if m] or None, args.floor)
