@@ -73,14 +73,16 @@ class Slot:
 
 
 def declare_fallbacks(slots: Sequence[Slot], chains: Iterable[tuple[Sequence[Hashable], float]]) -> None:
-    """Link each task's variants that share this backend: ``chains`` holds, per task, its planned variants'
-    sessions costliest first and its SLO; each present one falls back to the next cheaper present one."""
+    """Link each task's variants on this backend to their fallbacks: ``chains`` holds, per task, its planned
+    variants' sessions costliest first and its SLO; each one here falls back to the next cheaper one, on
+    this backend or on a peer of its machine (``BackendTurn._fall_back`` looks for it there)."""
     here = {slot.session: slot for slot in slots}
     for chain, slo_ms in chains:
-        resident = [here[session] for session in chain if session in here]
-        for costlier, cheaper in itertools.pairwise(resident):
-            costlier.fallback = cheaper.session
-            costlier.fallback_guard_ms = FALLBACK_GUARD_SHARE * slo_ms
+        for costlier, cheaper in itertools.pairwise(chain):
+            slot = here.get(costlier)
+            if slot is not None:
+                slot.fallback = cheaper
+                slot.fallback_guard_ms = FALLBACK_GUARD_SHARE * slo_ms
 
 
 @dataclass(eq=False)
@@ -173,11 +175,15 @@ class BackendTurn:
 
     def _fall_back(self, now_ms: float, turn: Turn) -> None:
         """Per-request choice under bursts: a variant's requests that its queue would not finish in time
-        move to the cheaper variant the plan put beside it on this backend (before they are dropped)."""
+        move to the cheaper variant the plan declared for it (before they are dropped): on this backend,
+        or else on the first peer of this machine that runs it (the plan keeps the cheap variant resident
+        somewhere, not necessarily beside every copy of the costly one)."""
         for slot in self.slots:
             if slot.fallback is None or len(slot.queue) == 0:
                 continue
             target = self._by_session.get(slot.fallback)
+            if target is None:
+                target = next((p.slot(slot.fallback) for p in self.peers if p.slot(slot.fallback) is not None), None)
             if target is None:
                 continue
             limit = slot.dispatch.batch_limit(slot.batch)

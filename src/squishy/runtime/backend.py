@@ -117,6 +117,8 @@ class Worker:
                 if turn.slot is not None:
                     self.turn.busy = True
                     self._condition.notify_all()  # idle neighbours may steal from this slot now
+                elif turn.fell_back:
+                    self._condition.notify_all()  # requests moved to a neighbour's queue
                 elif not turn.dropped:
                     self._condition.wait(IDLE_POLL_S)
                     continue
