@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from squishy.cluster import slot_layout
+from squishy.control.variants import CHOICE_LOAD_MARGIN
 from squishy.errors import SquishyError
 from squishy.frontend.access import MODEL_CONTROL_MODES, TOKEN_ENVIRONMENT, RepositoryControl
 from squishy.frontend.door import DEFAULT_TARGET_MS, DoorConfig
@@ -42,6 +43,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--epoch-s", type=float, default=10.0, help="re-plan at least this often (default 10 s)")
     parser.add_argument("--default-slo-ms", type=float, default=DEFAULT_SLO_MS, help="SLO of models that set none")
     parser.add_argument("--network-ms", type=float, default=1.0, help="margin taken off every SLO (default 1 ms)")
+    parser.add_argument(
+        "--variant-load-margin",
+        type=float,
+        default=CHOICE_LOAD_MARGIN,
+        help=f"tasks' variants are chosen for the measured load times this (default {CHOICE_LOAD_MARGIN:g})",
+    )
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (MB)")
     parser.add_argument(
         "--no-strict-readiness", action="store_true", help="report ready while at least one model serves"
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         executor=args.executor,
         epoch_s=args.epoch_s,
         network_ms=args.network_ms,
+        variant_load_margin=args.variant_load_margin,
         strict_readiness=not args.no_strict_readiness,
         profile_progress=sys.stderr.isatty(),
     )

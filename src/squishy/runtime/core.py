@@ -34,7 +34,7 @@ from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.cluster import SlotLayout, slot_layout
 from squishy.cluster.assign import Assignment, assign
 from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
-from squishy.control.variants import VariantChooser, observed_profile, slowdown_factor
+from squishy.control.variants import CHOICE_LOAD_MARGIN, VariantChooser, observed_profile, slowdown_factor
 from squishy.errors import SquishyError, WorkloadError
 from squishy.metrics import ServerMetrics
 from squishy.profiles import Profile
@@ -83,8 +83,14 @@ class ServingConfig:
     min_rate_per_s: float = 1.0  # every ready model is provisioned at least this rate, so it has a backend
     max_headroom: float = DEFAULT_MAX_HEADROOM
     work_stealing: bool = True  # idle slots run batches of busy slots' sessions when their promises allow
+    # Variants are chosen for the measured rates times this (``squishy.control.variants``).
+    variant_load_margin: float = CHOICE_LOAD_MARGIN
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
     profile_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.variant_load_margin >= 1.0:
+            raise WorkloadError(f"variant load margin must be at least 1, got {self.variant_load_margin:g}")
 
     def control(self) -> ControlConfig:
         return ControlConfig(
@@ -189,6 +195,7 @@ class ServingCore(BatchSink):
             profiles=lambda: {sid: s.planning_profile() for sid, s in self._sessions.items()},
             slo_ms=lambda sid: self._sessions[sid].spec.slo_ms,
             settings=self.config.settings,
+            load_margin=self.config.variant_load_margin,
         )
         # One lock for every worker on this machine: queue operations are short, and sharing it lets an
         # idle worker steal a batch from a busy one.

@@ -33,7 +33,7 @@ from squishy.batching.queue import ArrayItems, ArraySessionQueue
 from squishy.batching.turn import BackendTurn, Slot, Turn, declare_fallbacks
 from squishy.cluster.assign import Assignment, SessionShare, assign
 from squishy.control import Choice, ControlConfig, ControlLoop, PlanDecision, PlanRequest
-from squishy.control.variants import VariantChooser, observed_profile
+from squishy.control.variants import CHOICE_LOAD_MARGIN, VariantChooser, observed_profile
 from squishy.profiles import Profile
 from squishy.routing import DeficitRoundRobin, TaskRoute, pick_by_backlog, split_by_target
 from squishy.scheduler import Allocation, Plan, Session, Settings, Workload, make_plan
@@ -149,6 +149,7 @@ class SimConfig:
     # to know that the target is missed, not by how much (None: always run to the end).
     stop_bad_share: float | None = None
     log_batches: bool = False  # keep every batch, drop and per-request outcome (tests, small runs)
+    variant_load_margin: float = CHOICE_LOAD_MARGIN  # tasks' variants are chosen for the rates times this
 
 
 @dataclass
@@ -305,6 +306,7 @@ class _SimChooser:
             profiles=self._profiles,
             slo_ms=lambda name: sim.workload.sessions[self.plain[name]].slo_ms,
             settings=sim.workload.settings,
+            load_margin=sim.config.variant_load_margin,
         )
 
     def _profiles(self) -> dict[str, Profile]:
