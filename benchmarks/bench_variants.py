@@ -57,6 +57,7 @@ import numpy as np
 RESULTS = Path("results/variants")
 LADDER = Path("examples/ladder")
 PLOT = Path("docs/img/variants-accuracy-vs-load.png")
+SIM_PLOT = Path("docs/img/variants-sim-accuracy-vs-load.png")
 SEED = 11
 WARMUP_S = 20.0  # load before measuring: the control loop sees the rate and the slots' slowdown, and re-plans
 
@@ -641,6 +642,36 @@ def plot(results: dict, out: Path) -> Path:
     return out
 
 
+def plot_sim(results: dict, out: Path) -> Path:
+    """Simulated delivered accuracy against offered load: one panel per ladder, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = results["setups"]
+    figure, axes = plt.subplots(1, len(setups), figsize=(5 * len(setups), 4), squeeze=False)
+    for axis, setup in zip(axes[0], setups, strict=True):
+        systems = sorted({r["system"] for r in setup["runs"]}, key=lambda name: (name != "squishy", name))
+        for system in systems:
+            runs = sorted((r for r in setup["runs"] if r["system"] == system), key=lambda r: r["factor"])
+            style = {"linewidth": 2.5} if system == "squishy" else {"linestyle": "--"}
+            axis.plot([r["factor"] for r in runs], [r["delivered_accuracy"] for r in runs], marker="o",
+                      label=system, **style)  # fmt: skip
+        accuracies = [a for _, a in setup["ladder"]]
+        axis.set_ylim(min(accuracies) - 0.05, max(accuracies) + 0.01)
+        axis.set_xlabel(f"offered load (× the capacity of {setup['most_accurate']} alone)")
+        axis.set_title(setup["setup"], fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("delivered accuracy (expected correct within SLO / sent)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(figure)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["optimum", "serve", "plot", "coldstart", "sim"], required=True)
@@ -658,7 +689,8 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.part == "plot":
-        print(f"wrote {plot(json.loads(Path(args.input).read_text()), PLOT)}")
+        document = json.loads(Path(args.input).read_text())
+        print(f"wrote {plot_sim(document, SIM_PLOT) if 'setups' in document else plot(document, PLOT)}")
         return
     if args.part == "optimum":
         figures = optimum()
@@ -677,6 +709,8 @@ def main() -> None:
     print(f"wrote {out}")
     if args.part == "serve" and not variant:
         print(f"wrote {plot(document, PLOT)}")
+    if args.part == "sim":
+        print(f"wrote {plot_sim(document, SIM_PLOT)}")
 
 
 if __name__ == "__main__":
