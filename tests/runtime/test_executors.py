@@ -131,10 +131,12 @@ def test_null_executor_without_batching_keeps_the_full_shape() -> None:
 
 
 def test_make_executor_rejects_unknown_kinds_and_platform_mismatch() -> None:
-    with pytest.raises(ExecutorError, match="unknown executor kind 'tvm'"):
-        make_executor(_null_spec(), "tvm")
+    with pytest.raises(ExecutorError, match="unknown executor kind 'tensorrt'"):
+        make_executor(_null_spec(), "tensorrt")
     with pytest.raises(ExecutorError, match="the Torch executor cannot run platform 'onnxruntime_onnx'"):
         make_executor(_null_spec(), "torch")
+    with pytest.raises(ExecutorError, match="the TVM executor cannot run platform 'onnxruntime_onnx'"):
+        make_executor(_null_spec(), "tvm")
 
 
 TORCH_MISSING = importlib.util.find_spec("torch") is None

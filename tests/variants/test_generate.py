@@ -93,3 +93,122 @@ def test_a_validation_set_without_labels_is_refused(tmp_path: Path):
     np.savez(tmp_path / "val.npz", x=np.zeros((3, 16), np.float32))
     with pytest.raises(SquishyError, match="needs an array 'labels'"):
         Validation.load(tmp_path / "val.npz")
+
+
+def test_the_tvm_build_is_compiled_checked_and_measured_through_its_executor(tmp_path: Path):
+    pytest.importorskip("tvm")
+
+    model = tmp_path / "net.onnx"
+    classifier(model)
+    validation = validation_set(tmp_path / "val.npz", model)
+    candidates = generate_variants(
+        model, validation, tmp_path / "repo", name="net", slo_ms=50, max_batch=8, builds=("tvm",),
+        progress=lambda _: None,
+    )  # fmt: skip
+    tvm = next(c for c in candidates if c.build == "tvm")
+    assert tvm.max_abs_diff <= 1e-4 and tvm.agreement == 1.0 and tvm.accuracy == pytest.approx(0.9)
+    assert tvm.note.startswith("TVM llvm") and tvm.cost_ms > 0 and tvm.profile["batch_ms"]
+    assert "TVM" in tvm.profile["source"]
+    # Checked, so only the Pareto filter may leave it out (TVM untuned is often slower than ONNX Runtime).
+    assert tvm.kept or tvm.why_not.startswith("not Pareto-better")
+    repository = ModelRepository(tmp_path / "repo")
+    repository.load_all()
+    assert list(variant_names(repository.spec("net"))) == [c.name for c in candidates if c.kept]
+
+
+def test_a_kept_tvm_variant_is_written_as_model_so_and_served_by_the_tvm_executor(tmp_path: Path):
+    pytest.importorskip("tvm")
+    from squishy.runtime.executors import TvmExecutor, make_executor
+    from squishy.runtime.repository import onnx_graph_io
+    from squishy.variants.generate import Candidate, _write
+    from squishy.variants.tvm_build import compile_onnx
+
+    model = tmp_path / "net.onnx"
+    classifier(model)
+    built = compile_onnx(model, tmp_path / "net.so")
+    # Whether TVM wins on cost here is the Pareto filter's call; the entry it writes when it does is tested.
+    kept = Candidate("net-tvm", "tvm", built.path, accuracy=0.9, ci_low=0.87, ci_high=0.93, agreement=1.0,
+                     note=built.target_note, kept=True)  # fmt: skip
+    inputs, outputs = onnx_graph_io(model)
+    _write(tmp_path / "repo", "net", [kept], [kept], inputs, outputs, slo_ms=50, max_batch=8)
+    repository = ModelRepository(tmp_path / "repo")
+    repository.load_all()
+    spec = repository.spec("net-tvm")
+    assert spec.platform == "tvm_relax" and spec.model_path == tmp_path / "repo" / "net-tvm" / "1" / "model.so"
+    assert spec.parameters["variant_build_note"] == built.target_note and spec.max_batch_size == 8
+    x = np.random.default_rng(3).normal(size=(5, 16)).astype(np.float32)
+    with make_executor(spec, "auto") as executor:
+        assert isinstance(executor, TvmExecutor)
+        np.testing.assert_allclose(executor.run({"x": x})["scores"], onnx_scores(model, x), atol=1e-4)
+    task = repository.spec("net")
+    sessions = {"net-tvm": VariantSession("net-tvm:1", spec, None)}  # type: ignore[arg-type]
+    assert task_problem(ServedTask.from_spec(task), sessions) is None
+    assert repository.profile(spec, threads=1, warmup=1, repeats=2).batch_ms  # profiled at start-up like ONNX
+
+
+def onnx_scores(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+
+
+WITHOUT_TVM = """
+import importlib.abc, importlib.machinery, sys
+from pathlib import Path
+
+
+class NoTvm(importlib.abc.MetaPathFinder):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tvm" or name.startswith("tvm."):
+            return None
+        return self.inner.find_spec(name, path, target)
+
+    def invalidate_caches(self):
+        self.inner.invalidate_caches()
+
+
+finder = importlib.machinery.PathFinder
+sys.meta_path = [NoTvm(f) if f is finder else f for f in sys.meta_path]
+from squishy.runtime.api import ModelSpec
+from squishy.runtime.executors import ExecutorError, TvmExecutor
+from squishy.runtime.repository import ModelRepository
+from squishy.variants.generate import Validation, generate_variants
+
+root = Path(sys.argv[1])
+[c] = [c for c in generate_variants(root / "net.onnx", Validation.load(root / "val.npz"), root / "repo", name="net",
+        slo_ms=50, max_batch=8, builds=("tvm",), progress=lambda _: None) if c.build == "tvm"]
+print("build:", c.why_not)
+try:
+    TvmExecutor(ModelSpec("m", "1", "tvm_relax", 8, (), (), 100.0, model_path=root / "model.so"))
+except ExecutorError as exc:
+    print("executor:", exc)
+(root / "served" / "m" / "1").mkdir(parents=True)
+(root / "served" / "m" / "1" / "model.so").write_bytes(b"")
+(root / "served" / "m" / "config.yaml").write_text(
+    "max_batch_size: 8\\ninput: [{name: x, data_type: TYPE_FP32, dims: [16]}]\\n"
+    "output: [{name: scores, data_type: TYPE_FP32, dims: [4]}]\\n"
+)
+[state] = ModelRepository(root / "served").load_all()
+print("repository:", state.state, state.reason)
+"""
+
+
+def test_without_tvm_the_build_is_left_out_and_the_executor_says_how_to_install_it(tmp_path: Path):
+    import subprocess
+    import sys
+
+    model = tmp_path / "net.onnx"
+    classifier(model)
+    validation_set(tmp_path / "val.npz", model)
+    # A fresh interpreter that cannot find tvm, as where the tvm extra is not installed.
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TVM, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "build: needs TVM (pip install 'squishy[tvm]')" in result.stdout
+    assert "executor: model 'm': platform tvm_relax needs TVM (pip install 'squishy[tvm]')" in result.stdout
+    assert "repository: UNAVAILABLE m/1/model.so: platform tvm_relax needs TVM (pip install 'squishy[tvm]')" in (
+        result.stdout
+    )

@@ -22,7 +22,7 @@ from squishy.metrics import ServerMetrics
 from squishy.runtime.core import ServingConfig, ServingCore
 from squishy.runtime.repository import DEFAULT_SLO_MS, ModelRepository
 
-EXECUTORS = ("auto", "onnxruntime", "torch", "null", "null-zero")
+EXECUTORS = ("auto", "onnxruntime", "torch", "tvm", "null", "null-zero")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
         "--executor",
         choices=EXECUTORS,
         default="auto",
-        help="auto (by model platform), onnxruntime, torch, null (sleeps the profiled latency), null-zero",
+        help="auto (by model platform), onnxruntime, torch, tvm, null (sleeps the profiled latency), null-zero",
     )
     parser.add_argument("--epoch-s", type=float, default=10.0, help="re-plan at least this often (default 10 s)")
     parser.add_argument("--default-slo-ms", type=float, default=DEFAULT_SLO_MS, help="SLO of models that set none")

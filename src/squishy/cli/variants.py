@@ -15,9 +15,10 @@ def add_parser(subparsers: Any) -> None:
         help="generate accuracy/cost variants of an ONNX model, measured here, as a model-repository task",
         description=(
             "Build variants of an ONNX model (ONNX Runtime optimisation levels, int8 dynamic and static "
-            "quantisation, fp16), check each one's answers against the original's, measure its accuracy on "
-            "your validation set and its cost here, keep the Pareto-better ones, and write them with a task "
-            "(platform squishy_variants) into a model repository that squishy serve loads as is."
+            "quantisation, fp16, a TVM-compiled library), check each one's answers against the original's, "
+            "measure its accuracy on your validation set and its cost here, keep the Pareto-better ones, and "
+            "write them with a task (platform squishy_variants) into a model repository that squishy serve "
+            "loads as is."
         ),
     )
     parser.add_argument("models", nargs="+", help="ONNX model file(s) of one task (several: variants of each)")

@@ -1,4 +1,8 @@
-"""Measure ℓ(b) of an ONNX model with ONNX Runtime on this machine, and cache the result next to the model.
+"""Measure ℓ(b) of a model on this machine, and cache the result next to the model.
+
+ONNX models run in ONNX Runtime sessions set up as the runtime's OnnxRuntimeExecutor sets them up; a
+model of another platform (a TVM library) runs through its own executor, with inputs made up from the
+tensors its config declares, since its file carries no graph to read them from.
 
 A profile measured here is labelled ``cpu-<threads>t``: the same model on the same CPU with a different
 intra-op thread count is a different device for the scheduler. Inputs are random tensors built from the
@@ -18,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +30,10 @@ from squishy import __version__
 from squishy.errors import ProfileError
 from squishy.profiles.io import load_profile
 from squishy.profiles.profile import Profile
+
+if TYPE_CHECKING:
+    from squishy.runtime.api import ModelSpec
+    from squishy.runtime.executors import Executor
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_WARMUP = 3
@@ -146,6 +154,65 @@ def _input_shapes(
     return out_shapes, dtypes, batching
 
 
+def _declared_input_shapes(
+    spec: ModelSpec, model_path: Path, shapes: Mapping[str, Sequence[int]]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any], bool]:
+    """``_input_shapes`` for a model without a graph: the config's tensors (dims without the batch dim
+    when ``max_batch_size`` > 0), variable dims filled from ``shapes``."""
+    from squishy.runtime.api import DATATYPES
+
+    batching = spec.max_batch_size > 0
+    out_shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, Any] = {}
+    for tensor in spec.inputs:
+        dtype = DATATYPES.get(tensor.datatype)
+        if dtype is None or dtype.kind == "O":
+            raise ProfileError(
+                f"{model_path}: input {tensor.name!r} is {tensor.datatype}; the profiler cannot make it up"
+            )
+        given = [int(d) for d in shapes.get(tensor.name, tensor.dims)]
+        if len(given) != len(tensor.dims):
+            raise ProfileError(
+                f"{model_path}: input {tensor.name!r} has dims {list(tensor.dims)}, but its shape was given as {given}"
+            )
+        dims = [d if d != -1 else g for d, g in zip(tensor.dims, given, strict=True)]
+        if any(d < 1 for d in dims):
+            example = ",".join(str(d if d > 0 else 8) for d in dims)
+            raise ProfileError(
+                f"{model_path}: input {tensor.name!r} has variable dimensions {dims}; give their sizes "
+                f"(fixed dims in the model config, or --shape {tensor.name}={example})"
+            )
+        out_shapes[tensor.name] = tuple(dims)
+        dtypes[tensor.name] = dtype
+    return out_shapes, dtypes, batching
+
+
+class _ExecutorSession:
+    """An executor behind the ``run(output_names, feed)`` call ``_time_runs`` makes of ORT sessions."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    def run(self, _output_names: Any, feed: Mapping[str, np.ndarray]) -> Any:
+        return self.executor.run(feed)
+
+
+def _executor_sessions(spec: ModelSpec, model_path: Path, threads: int, concurrency: int) -> tuple[list[Any], str]:
+    """One executor per slot for a non-ONNX ``spec`` and the backend's name for the profile's source."""
+    from squishy.runtime.executors import ExecutorError, make_executor
+
+    try:
+        executors = [make_executor(replace(spec, model_path=model_path), "auto", threads) for _ in range(concurrency)]
+    except ExecutorError as exc:
+        raise ProfileError(f"{model_path}: {exc}") from None
+    backend = spec.platform
+    if spec.platform == "tvm_relax":
+        import tvm
+
+        backend = f"TVM {tvm.__version__} (Relax VM)"
+    return [_ExecutorSession(e) for e in executors], backend
+
+
 def _random_inputs(
     shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, Any], batch: int, batching: bool, seed: int
 ) -> dict[str, np.ndarray]:
@@ -176,6 +243,7 @@ def measure_profile(
     progress: bool = False,
     seed: int = 0,
     concurrency: int = 1,
+    spec: ModelSpec | None = None,
 ) -> Profile:
     """Run the model at each batch size (``warmup`` untimed runs, then ``repeats`` timed ones) and return
     the mean and standard deviation of the batch latency as a profile for device ``cpu-<threads>t``.
@@ -192,7 +260,9 @@ def measure_profile(
 
     ``shapes`` gives sizes for variable input dimensions (without the batch dimension when batching).
     ``batching`` says whether the leading dimension is the batch (default: when every input's leading
-    dimension is variable). ``progress`` draws a tqdm bar on stderr. Raises ProfileError.
+    dimension is variable). ``progress`` draws a tqdm bar on stderr. ``spec``, for a model that is not
+    ONNX (platform ``tvm_relax``), says which executor runs it and declares its inputs (its
+    ``max_batch_size`` then decides batching). Raises ProfileError.
     """
     from tqdm import tqdm
 
@@ -204,13 +274,17 @@ def measure_profile(
         raise ProfileError(f"batch sizes must be positive integers, got {list(batches)}")
     if threads < 1 or warmup < 0 or repeats < 1:
         raise ProfileError(f"need threads >= 1, warmup >= 0 and repeats >= 1 (got {threads}, {warmup}, {repeats})")
-    import onnxruntime as ort
-
     if concurrency < 1:
         raise ProfileError(f"concurrency must be at least 1, got {concurrency}")
-    sessions = [_open_session(model_path, threads) for _ in range(concurrency)]
-    session = sessions[0]
-    input_shapes, dtypes, batching = _input_shapes(session, model_path, shapes or {}, batching)
+    if spec is not None and spec.platform != "onnxruntime_onnx":
+        sessions, backend = _executor_sessions(spec, model_path, threads, concurrency)
+        input_shapes, dtypes, batching = _declared_input_shapes(spec, model_path, shapes or {})
+    else:
+        import onnxruntime as ort
+
+        sessions = [_open_session(model_path, threads) for _ in range(concurrency)]
+        backend = f"onnxruntime {ort.__version__}"
+        input_shapes, dtypes, batching = _input_shapes(sessions[0], model_path, shapes or {}, batching)
     if not batching and batch_sizes != [1]:
         raise ProfileError(
             f"{model_path}: the model does not batch (an input has a fixed first dimension); use batch size 1 only"
@@ -233,16 +307,19 @@ def measure_profile(
             samples_ms = _time_runs(sessions, feed, warmup, repeats, on_run=lambda: bar.update(1))
             if isinstance(samples_ms, BaseException):
                 raise ProfileError(
-                    f"{model_path}: ONNX Runtime failed at batch {batch}: {' '.join(str(samples_ms).split())}"
+                    f"{model_path}: {backend} failed at batch {batch}: {' '.join(str(samples_ms).split())}"
                 ) from None
             mean_ms[batch] = float(np.mean(samples_ms))
             std_ms[batch] = float(np.std(samples_ms, ddof=1)) if len(samples_ms) > 1 else 0.0
     finally:
         bar.close()
+        for session in sessions:
+            if isinstance(session, _ExecutorSession):
+                session.executor.close()
     when = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     alongside = f", {concurrency} slots running at once" if concurrency > 1 else ""
     source = (
-        f"squishy {__version__} profiler, onnxruntime {ort.__version__}, {threads} intra-op thread(s){alongside}, "
+        f"squishy {__version__} profiler, {backend}, {threads} intra-op thread(s){alongside}, "
         f"mean of {repeats} runs after {warmup} warm-up runs per batch size, on {cpu_model_name()} "
         f"({os.cpu_count()} logical CPUs), {when}"
     )
@@ -266,7 +343,7 @@ def _time_runs(
     sessions: Sequence[Any], feed: Mapping[str, np.ndarray], warmup: int, repeats: int, on_run: Any
 ) -> list[float] | BaseException:
     """Latencies (ms) of ``repeats`` timed runs after ``warmup`` untimed ones, on every session at once
-    (one thread each; ONNX Runtime releases the GIL); the first error instead, if a run fails."""
+    (one thread each; ONNX Runtime and TVM release the GIL); the first error instead, if a run fails."""
     samples_ms: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -327,8 +404,10 @@ def cached_profile(
     repeats: int = DEFAULT_REPEATS,
     progress: bool = False,
     concurrency: int = 1,
+    spec: ModelSpec | None = None,
 ) -> Profile:
-    """The profile the runtime schedules a model with, at model load time.
+    """The profile the runtime schedules a model with, at model load time (``spec``: as for
+    ``measure_profile``).
 
     1. ``user_profile`` (e.g. ``<repo>/<model>/profile.json``) when given: the user's numbers win, whatever
        device they name; the model name is set to ``model_name``.
@@ -377,6 +456,7 @@ def cached_profile(
         batching=batching,
         progress=progress,
         concurrency=concurrency,
+        spec=spec,
     )
     with contextlib.suppress(OSError):  # the measurement is still good; it is just not cached
         write_profile(profile, path)

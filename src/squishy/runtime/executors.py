@@ -1,13 +1,15 @@
 """Executors: run one batch of one model. The duty-cycle loop above decides what and when; this only runs.
 
 ``Executor.run(inputs, output_names)`` takes numpy arrays keyed by input name (the batch already
-concatenated along the leading dimension) and returns the requested outputs. ONNX Runtime and PyTorch
-release the GIL while they compute, so a backend drives each executor from its own worker thread.
+concatenated along the leading dimension) and returns the requested outputs. ONNX Runtime, PyTorch and
+TVM release the GIL while they compute, so a backend drives each executor from its own worker thread.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,11 +32,22 @@ from squishy.runtime.api import DATATYPES, InternalError, ModelSpec
 # gain nothing measurable alone. squishy packs several models per machine, so spinning is off.
 DEFAULT_ALLOW_SPINNING = False
 
-EXECUTOR_KINDS = ("auto", "onnxruntime", "torch", "null")
+EXECUTOR_KINDS = ("auto", "onnxruntime", "torch", "tvm", "null")
+
+# The platform each executor kind runs (``auto`` picks by it); the names are the repository's platforms.
+KIND_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch", "tvm": "tvm_relax"}
+TVM_INSTALL_HINT = "pip install 'squishy[tvm]'"
 
 
 class ExecutorError(InternalError):
     """An executor could not be created or failed to run a batch; the message names the model and why."""
+
+
+def _check_loadable(spec: ModelSpec, threads: int) -> None:
+    if spec.model_path is None:
+        raise ExecutorError(f"model {spec.name!r}: no model file to load")
+    if threads < 1:
+        raise ExecutorError(f"model {spec.name!r}: threads must be >= 1, got {threads}")
 
 
 class Executor(abc.ABC):
@@ -76,10 +89,7 @@ class OnnxRuntimeExecutor(Executor):
     def __init__(self, spec: ModelSpec, threads: int = 1, *, allow_spinning: bool = DEFAULT_ALLOW_SPINNING) -> None:
         import onnxruntime as ort
 
-        if spec.model_path is None:
-            raise ExecutorError(f"model {spec.name!r}: no model file to load")
-        if threads < 1:
-            raise ExecutorError(f"model {spec.name!r}: threads must be >= 1, got {threads}")
+        _check_loadable(spec, threads)
         self.spec = spec
         self.threads = threads
         options = ort.SessionOptions()
@@ -127,8 +137,7 @@ class TorchExecutor(Executor):
             raise ExecutorError(
                 f"model {spec.name!r}: platform {spec.platform} needs PyTorch (pip install torch==2.13.0)"
             ) from None
-        if spec.model_path is None:
-            raise ExecutorError(f"model {spec.name!r}: no model file to load")
+        _check_loadable(spec, threads)
         self.spec = spec
         self._torch = torch
         torch.set_num_threads(threads)
@@ -170,6 +179,104 @@ class TorchExecutor(Executor):
 
     def close(self) -> None:
         self._module = None
+
+
+class TvmExecutor(Executor):
+    """A TVM Relax VM executable compiled to a shared library (``model.so``), run on the CPU with
+    ``threads`` threads. Needs the optional ``tvm`` extra.
+
+    The library's ``main`` takes the config's inputs positionally, in config order, and returns one tensor
+    or a tuple in the config's output order (``squishy variants`` writes the config that way). TVM's thread
+    pool belongs to the OS thread that calls it, so the thread count is set in ``run``, on the calling
+    thread, whenever it differs from what that thread last ran with. Only loops a schedule marked parallel
+    use more than one thread; the untuned ``squishy variants`` build has none (see docs/variants.md).
+    """
+
+    def __init__(self, spec: ModelSpec, threads: int = 1) -> None:
+        try:
+            import tvm
+            from tvm import relax
+        except ImportError:
+            raise ExecutorError(
+                f"model {spec.name!r}: platform {spec.platform} needs TVM ({TVM_INSTALL_HINT})"
+            ) from None
+        _check_loadable(spec, threads)
+        self.spec = spec
+        self.threads = threads
+        _tvm_process_settings(threads)
+        self._tvm = tvm
+        self._device = tvm.cpu(0)
+        try:
+            library = tvm.runtime.load_module(str(spec.model_path))
+            self._vm: Any = relax.VirtualMachine(library, self._device)
+            self._main: Any = self._vm["main"]
+        except Exception as exc:  # TVM raises its own error types (TVMError, AttributeError, ...)
+            raise ExecutorError(
+                f"model {spec.name!r}: TVM cannot load {spec.model_path} as a Relax VM library: {_one_line(exc)}"
+            ) from None
+        self._configure_threadpool: Any = tvm.get_global_func("runtime.config_threadpool")
+        self._input_dtypes = {t.name: DATATYPES.get(t.datatype) for t in spec.inputs}
+
+    def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        if self._main is None:
+            raise ExecutorError(f"model {self.spec.name!r}: executor is closed")
+        names = self._outputs_wanted(output_names)
+        args = []
+        for tensor in self.spec.inputs:
+            array = inputs.get(tensor.name)
+            if array is None:
+                raise ExecutorError(f"model {self.spec.name!r}: missing input {tensor.name!r}")
+            wanted = self._input_dtypes[tensor.name]
+            # TVM's own dtype mismatch error names the compiled function's parameter, not the input.
+            if wanted is not None and array.dtype != wanted:
+                raise ExecutorError(
+                    f"model {self.spec.name!r}: input {tensor.name!r} is {array.dtype}, the model takes {wanted}"
+                )
+            args.append(self._tvm.runtime.tensor(np.ascontiguousarray(array), self._device))
+        if getattr(_TVM_THREAD_STATE, "threads", None) != self.threads:
+            # Mode 1 is TVM's default (all "big" cores); the count caps the workers this thread's pool uses.
+            self._configure_threadpool(1, self.threads)
+            _TVM_THREAD_STATE.threads = self.threads
+        try:
+            result = self._main(*args)
+        except Exception as exc:
+            raise ExecutorError(f"model {self.spec.name!r}: TVM failed: {_one_line(exc)}") from None
+        values = [result] if isinstance(result, self._tvm.runtime.Tensor) else list(result)
+        all_names = [t.name for t in self.spec.outputs]
+        if len(values) != len(all_names):
+            raise ExecutorError(
+                f"model {self.spec.name!r}: the TVM library returned {len(values)} outputs, "
+                f"the config lists {len(all_names)}"
+            )
+        by_name = dict(zip(all_names, values, strict=True))
+        return {n: by_name[n].numpy() for n in names}
+
+    def close(self) -> None:
+        self._main = None
+        self._vm = None
+
+
+# Which thread count the calling OS thread's TVM thread pool was last configured for.
+_TVM_THREAD_STATE = threading.local()
+
+
+def _tvm_process_settings(threads: int) -> None:
+    """Environment TVM's runtime reads when a thread first needs its pool (so before the first run).
+
+    - ``TVM_NUM_THREADS``: the most workers any pool may have, process-wide; raised to ``threads`` when
+      lower. Unset, TVM takes half the logical CPUs (it assumes hyper-threading), one on a 2-vCPU machine.
+    - ``TVM_BIND_THREADS=0``: otherwise TVM pins the thread that calls it, and its workers, to fixed
+      cores counted from core 0, so every squishy slot running a TVM model would land on the same cores.
+    - ``TVM_THREAD_POOL_SPIN_COUNT=0``: idle workers sleep instead of busy-waiting, for the reason
+      ``DEFAULT_ALLOW_SPINNING`` gives for ONNX Runtime (spinners take the cores other slots need).
+    A user's own ``TVM_BIND_THREADS`` or spin count is left as set. A thread's pool gets its workers when
+    that thread first runs TVM, so a later, larger ``threads`` in the same OS thread is capped at them.
+    """
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+    current = os.environ.get("TVM_NUM_THREADS", "")
+    if not current.isdigit() or int(current) < threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 class NullExecutor(Executor):
@@ -240,23 +347,25 @@ def make_executor(
     """An executor for one model version.
 
     ``kind``: ``auto`` (by the spec's platform: ONNX Runtime for ``onnxruntime_onnx``, Torch for
-    ``pytorch_libtorch``), ``onnxruntime``, ``torch`` or ``null`` (sleeps ``profile``'s ℓ(b)). ``threads``:
-    intra-op threads (ignored by ``null``). Raises ExecutorError with a one-line reason.
+    ``pytorch_libtorch``, TVM for ``tvm_relax``), ``onnxruntime``, ``torch``, ``tvm`` or ``null`` (sleeps
+    ``profile``'s ℓ(b)). ``threads``: intra-op threads (ignored by ``null``). Raises ExecutorError with a
+    one-line reason.
     """
     if kind not in EXECUTOR_KINDS:
         raise ExecutorError(f"unknown executor kind {kind!r} (choose from {', '.join(EXECUTOR_KINDS)})")
     if kind == "null":
         return NullExecutor(spec, profile, clock)
     if kind == "auto":
-        kind = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "torch"}.get(spec.platform, "")
+        kind = next((k for k, platform in KIND_PLATFORMS.items() if platform == spec.platform), "")
         if not kind:
             raise ExecutorError(f"model {spec.name!r}: no executor for platform {spec.platform!r}")
+    if spec.platform != KIND_PLATFORMS[kind]:
+        what = {"onnxruntime": "ONNX Runtime", "torch": "the Torch executor", "tvm": "the TVM executor"}[kind]
+        raise ExecutorError(f"model {spec.name!r}: {what} cannot run platform {spec.platform!r}")
     if kind == "onnxruntime":
-        if spec.platform != "onnxruntime_onnx":
-            raise ExecutorError(f"model {spec.name!r}: ONNX Runtime cannot run platform {spec.platform!r}")
         return OnnxRuntimeExecutor(spec, threads)
-    if spec.platform != "pytorch_libtorch":
-        raise ExecutorError(f"model {spec.name!r}: the Torch executor cannot run platform {spec.platform!r}")
+    if kind == "tvm":
+        return TvmExecutor(spec, threads)
     return TorchExecutor(spec, threads)
 
 

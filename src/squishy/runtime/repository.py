@@ -4,7 +4,8 @@ Layout (the same as Triton's, so users can bring theirs)::
 
     <repo>/<model>/config.pbtxt        Triton ModelConfig in protobuf text format, or
     <repo>/<model>/config.yaml         the same fields as YAML (squishy's settings may be plain keys)
-    <repo>/<model>/<version>/model.onnx (or ``default_model_filename``; ``model.pt`` for pytorch_libtorch)
+    <repo>/<model>/<version>/model.onnx (or ``default_model_filename``; ``model.pt`` for pytorch_libtorch,
+                                        ``model.so`` for tvm_relax)
     <repo>/<model>/profile.json        optional: a user-given profile that takes precedence over measuring
     <repo>/<model>/<v>/model.profile.json  the same, where ``squishy profile <model file>`` writes it
 
@@ -57,6 +58,9 @@ UNAVAILABLE = "UNAVAILABLE"
 
 PLATFORM_ONNX = "onnxruntime_onnx"
 PLATFORM_TORCH = "pytorch_libtorch"
+# A TVM Relax VM executable exported as a shared library for this machine's CPU (``squishy variants``
+# builds it); squishy's own platform, Triton has none for TVM.
+PLATFORM_TVM = "tvm_relax"
 # A task served by whichever of its variant models the plan chose (``parameters`` ``variants``); it has
 # no model file and needs no version directory.
 PLATFORM_VARIANTS = "squishy_variants"
@@ -64,8 +68,10 @@ PARAM_VARIANTS = "variants"
 PARAM_ACCURACY = "accuracy"
 PARAM_ACCURACY_FLOOR = "accuracy_floor"
 # Triton lets a config name a backend instead of a platform.
-BACKEND_TO_PLATFORM = {"onnxruntime": PLATFORM_ONNX, "pytorch": PLATFORM_TORCH}
-DEFAULT_MODEL_FILENAME = {PLATFORM_ONNX: "model.onnx", PLATFORM_TORCH: "model.pt"}
+BACKEND_TO_PLATFORM = {"onnxruntime": PLATFORM_ONNX, "pytorch": PLATFORM_TORCH, "tvm": PLATFORM_TVM}
+DEFAULT_MODEL_FILENAME = {PLATFORM_ONNX: "model.onnx", PLATFORM_TORCH: "model.pt", PLATFORM_TVM: "model.so"}
+# Platforms whose executors the profiler can run to measure ℓ(b) at load time.
+MEASURABLE_PLATFORMS = (PLATFORM_ONNX, PLATFORM_TVM)
 CONFIG_FILENAMES = ("config.pbtxt", "config.yaml", "config.yml")
 USER_PROFILE_FILENAMES = ("profile.json", "profile.yaml")
 
@@ -558,11 +564,12 @@ def _resolve_platform(config: ModelConfig, model_dir: Path, versions: Mapping[in
         candidates += list(DEFAULT_MODEL_FILENAME.values())
         for filename in candidates:
             if (newest / filename).exists():
-                config.platform = PLATFORM_TORCH if filename.endswith((".pt", ".pth")) else PLATFORM_ONNX
+                config.platform = _platform_of_file(filename)
                 break
         else:
+            files = " or ".join(DEFAULT_MODEL_FILENAME.values())
             raise ConfigError(
-                f"{model_dir.name}: cannot tell the platform (no model.onnx or model.pt in {model_dir.name}/"
+                f"{model_dir.name}: cannot tell the platform (no {files} in {model_dir.name}/"
                 f"{newest.name}/); set platform in the config"
             )
     if config.platform not in DEFAULT_MODEL_FILENAME:
@@ -571,6 +578,14 @@ def _resolve_platform(config: ModelConfig, model_dir: Path, versions: Mapping[in
         )
     if not config.backend:
         config.backend = next(b for b, p in BACKEND_TO_PLATFORM.items() if p == config.platform)
+
+
+def _platform_of_file(filename: str) -> str:
+    if filename.endswith((".pt", ".pth")):
+        return PLATFORM_TORCH
+    if filename.endswith(".so"):
+        return PLATFORM_TVM
+    return PLATFORM_ONNX
 
 
 def variant_names(spec: ModelSpec) -> tuple[str, ...]:
@@ -646,8 +661,10 @@ def _read_version(
         except ConfigError as exc:
             raise ConfigError(f"{rel}: {exc}") from None
     else:
-        if importlib.util.find_spec("torch") is None:
+        if config.platform == PLATFORM_TORCH and importlib.util.find_spec("torch") is None:
             raise ConfigError(f"{rel}: platform {config.platform} needs PyTorch (pip install torch==2.13.0)")
+        if config.platform == PLATFORM_TVM and importlib.util.find_spec("tvm") is None:
+            raise ConfigError(f"{rel}: platform {config.platform} needs TVM (pip install 'squishy[tvm]')")
         _check_declared_tensors(config)
     slo_ms = _apply_settings(config, default_slo_ms)
     return ModelSpec(
@@ -814,11 +831,12 @@ class ModelRepository:
         """The model's ℓ(b) on this machine with ``threads`` intra-op threads, cleaned for scheduling: the
         user's ``profile.json`` if any, else a cached measurement beside the model file (valid while newer
         than the model), else a fresh measurement at the config's ``profile_batches`` (takes seconds).
-        Raises ProfileError; measuring needs an ONNX model."""
+        Raises ProfileError; measuring needs an ONNX model or a TVM library (run by their executors)."""
         user_profile = self.user_profile_path(spec.name) or self._profiled_beside(spec)
-        if user_profile is None and (spec.platform != PLATFORM_ONNX or spec.model_path is None):
+        if user_profile is None and (spec.platform not in MEASURABLE_PLATFORMS or spec.model_path is None):
             raise ProfileError(
-                f"model {spec.name!r}: squishy measures only ONNX models; put a profile.json in {spec.name}/"
+                f"model {spec.name!r}: squishy measures only ONNX models and TVM libraries; "
+                f"put a profile.json in {spec.name}/"
             )
         return cached_profile(
             spec.model_path or Path(),
@@ -832,6 +850,7 @@ class ModelRepository:
             warmup=warmup,
             repeats=repeats,
             progress=progress,
+            spec=spec,
         )
 
     def _profiled_beside(self, spec: ModelSpec) -> Path | None:

@@ -10,10 +10,9 @@ The builds (each one optional: a build that cannot be made here says why and is 
   ``CALIBRATION_SAMPLES`` validation samples (``quantize_static``);
 - ``fp16``: weights and activations in half precision, inputs and outputs kept FP32
   (``onnxconverter_common``; ONNX Runtime's CPU provider lacks many fp16 kernels, so this is often slower
-  here and then not kept).
-
-A TVM build is not made: squishy's executors are ONNX Runtime and PyTorch, so a TVM module would have
-nothing to run it.
+  here and then not kept);
+- ``tvm``: the model compiled by TVM (Relax, untuned, ``llvm`` for this CPU) into a shared library,
+  platform ``tvm_relax``, run by the runtime's TvmExecutor (``pip install 'squishy[tvm]'``).
 
 Every build's answers are compared with the original's on the validation set: a float build must agree
 within ``FLOAT_TOLERANCE`` (absolute, on the scored output) and a quantised one must give the original's
@@ -33,18 +32,25 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from squishy.errors import SquishyError
+from squishy.runtime.api import ModelSpec, TensorSpec
 from squishy.variants.entry import Tensor, config_text
 
-BUILDS = ("ort-basic", "ort-all", "int8-dynamic", "int8-static", "fp16")
+BUILDS = ("ort-basic", "ort-all", "int8-dynamic", "int8-static", "fp16", "tvm")
 CALIBRATION_SAMPLES = 128
-FLOAT_TOLERANCE = {"ort-basic": 1e-4, "ort-all": 1e-4, "fp16": 5e-2}
+# TVM computes in FP32 like the original, only in another summation order: its scores differed from
+# ONNX Runtime's by at most 8.6e-7 (clutter-w16, 2,000 validation samples) and 6e-8 (the digits MLP),
+# so the bound of ONNX Runtime's own optimisers holds with a wide margin.
+FLOAT_TOLERANCE = {"ort-basic": 1e-4, "ort-all": 1e-4, "fp16": 5e-2, "tvm": 1e-4}
+# Builds that are not ONNX files: the platform they are served with and their model file's name.
+PLATFORMS = {"tvm": ("tvm_relax", "model.so")}
+ONNX_PLATFORM = ("onnxruntime_onnx", "model.onnx")
 MIN_AGREEMENT = 0.95
 BOOTSTRAP_RESAMPLES = 1000
 RUN_CHUNK = 256
@@ -65,6 +71,7 @@ class Candidate:
     agreement: float = float("nan")  # share of samples where its top answer is the original's
     max_abs_diff: float = float("nan")  # on the scored output, against the original
     build_s: float = 0.0
+    note: str = ""  # how it was built, when that matters to whoever serves it (a TVM library's target)
     kept: bool = False
     why_not: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +134,17 @@ def generate_variants(
     scored = output or graph_outputs[0].name
     if scored not in {t.name for t in graph_outputs}:
         raise SquishyError(f"the model has no output {scored!r} (outputs: {', '.join(t.name for t in graph_outputs)})")
+    batching = all(t.shape and t.shape[0] == -1 for t in graph_inputs)
+
+    def tensor_specs(entries: list[Any]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(t.name, _oip_type(t.triton_type), tuple(t.shape[1:] if batching else t.shape)) for t in entries
+        )
+
+    # What a build that is not an ONNX file is run with: the tensors its config will declare.
+    template = ModelSpec(
+        name, "1", "", max_batch if batching else 0, tensor_specs(graph_inputs), tensor_specs(graph_outputs), slo_ms
+    )
     root = Path(out)
     work = Path(tempfile.mkdtemp(prefix="squishy-variants-"))
     try:
@@ -137,7 +155,7 @@ def generate_variants(
             prefix = name if len(sources) == 1 else f"{name}-{_source_name(source)}"
             step = _source_variants(
                 source, prefix, validation, scored, builds, slo_ms, max_batch, threads, work, candidates, step, steps,
-                progress, ort,
+                progress, ort, template,
             )  # fmt: skip
         _pareto(candidates)
         kept = [c for c in candidates if c.kept]
@@ -146,6 +164,10 @@ def generate_variants(
         return candidates
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _oip_type(triton_type: str) -> str:
+    return "BYTES" if triton_type == "TYPE_STRING" else triton_type.removeprefix("TYPE_")
 
 
 def _source_name(source: Path) -> str:
@@ -168,22 +190,24 @@ def _source_variants(
     steps: int,
     progress: Callable[[str], None],
     ort: Any,
+    template: ModelSpec,
 ) -> int:
     """Measure ``source`` and each of its builds into ``candidates``; returns the step count so far."""
     original = Candidate(f"{prefix}-original", "original", work / f"{prefix}-original.onnx")
     shutil.copyfile(source, original.path)
     step += 1
     progress(f"[{step}/{steps}] {original.name}: measuring")
-    reference = _measure(original, validation, scored, None, slo_ms, max_batch, threads, ort)
+    reference = _measure(original, validation, scored, None, slo_ms, max_batch, threads, ort, template)
     progress(f"    {_describe(original)}")
     candidates.append(original)
     for build in builds:
         step += 1
-        candidate = Candidate(f"{prefix}-{build}", build, work / f"{prefix}-{build}.onnx")
+        suffix = Path(PLATFORMS.get(build, ONNX_PLATFORM)[1]).suffix
+        candidate = Candidate(f"{prefix}-{build}", build, work / f"{prefix}-{build}{suffix}")
         progress(f"[{step}/{steps}] {candidate.name}: building")
         started = time.perf_counter()
         try:
-            _build(build, source, candidate.path, validation, ort)
+            candidate.note = _build(build, source, candidate.path, validation, ort)
         except _Unavailable as exc:
             candidate.why_not = str(exc)
             progress(f"    left out: {candidate.why_not}")
@@ -192,9 +216,10 @@ def _source_variants(
         candidate.build_s = time.perf_counter() - started
         progress(f"[{step}/{steps}] {candidate.name}: measuring")
         try:
-            _measure(candidate, validation, scored, reference, slo_ms, max_batch, threads, ort)
-        except Exception as exc:  # a build ONNX Runtime cannot run here is a result, not a crash
-            candidate.why_not = f"ONNX Runtime cannot run it here: {str(exc).splitlines()[0][:200]}"
+            _measure(candidate, validation, scored, reference, slo_ms, max_batch, threads, ort, template)
+        except Exception as exc:  # a build its runtime cannot run here is a result, not a crash
+            runtime = "TVM" if build in PLATFORMS else "ONNX Runtime"
+            candidate.why_not = f"{runtime} cannot run it here: {str(exc).splitlines()[0][:200]}"
             progress(f"    left out: {candidate.why_not}")
             candidates.append(candidate)
             continue
@@ -208,7 +233,8 @@ class _Unavailable(Exception):
     """A build that cannot be made here (a missing package, an unsupported graph)."""
 
 
-def _build(build: str, source: Path, target: Path, validation: Validation, ort: Any) -> None:
+def _build(build: str, source: Path, target: Path, validation: Validation, ort: Any) -> str:
+    """Write the build of ``source`` to ``target``; returns a note for its config ("" when none)."""
     if build in ("ort-basic", "ort-all"):
         options = ort.SessionOptions()
         options.graph_optimization_level = (
@@ -248,18 +274,40 @@ def _build(build: str, source: Path, target: Path, validation: Validation, ort: 
             raise _Unavailable("needs onnxconverter-common (pip install onnxconverter-common)") from None
         converted = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
         onnx.save(converted, str(target))
+    elif build == "tvm":
+        from squishy.variants.tvm_build import TvmUnavailableError, compile_onnx
+
+        try:
+            built = compile_onnx(source, target)
+        except TvmUnavailableError as exc:
+            raise _Unavailable(str(exc)) from None
+        return f"{built.target_note} (compiled in {built.compile_s:.1f} s)"
     else:
         raise SquishyError(f"unknown build {build!r} (builds: {', '.join(BUILDS)})")
+    return ""
 
 
-def _run(path: Path, inputs: dict[str, np.ndarray], outputs: list[str], ort: Any) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _run(
+    path: Path, inputs: dict[str, np.ndarray], outputs: list[str], ort: Any, spec: ModelSpec | None = None
+) -> dict[str, np.ndarray]:
+    """The model's ``outputs`` on every sample; ``spec`` (not ONNX): the model is run by its executor."""
     count = len(next(iter(inputs.values())))
-    chunks = [
-        session.run(outputs, {k: v[i : i + RUN_CHUNK] for k, v in inputs.items()}) for i in range(0, count, RUN_CHUNK)
-    ]
+    if spec is not None:
+        from squishy.runtime.executors import make_executor
+
+        with make_executor(spec, "auto", threads=2) as executor:
+            chunks = [
+                [executor.run({k: v[i : i + RUN_CHUNK] for k, v in inputs.items()}, outputs)[n] for n in outputs]
+                for i in range(0, count, RUN_CHUNK)
+            ]
+    else:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        chunks = [
+            session.run(outputs, {k: v[i : i + RUN_CHUNK] for k, v in inputs.items()})
+            for i in range(0, count, RUN_CHUNK)
+        ]
     return {name: np.concatenate([chunk[j] for chunk in chunks]) for j, name in enumerate(outputs)}
 
 
@@ -278,13 +326,18 @@ def _measure(
     max_batch: int,
     threads: int,
     ort: Any,
+    template: ModelSpec,
 ) -> np.ndarray:
     from squishy.profiles.profile import Profile
     from squishy.profiles.profiler import DEFAULT_BATCHES, measure_profile
     from squishy.scheduler import Settings
     from squishy.scheduler.variants import Task, Variant, request_cost_ms
 
-    scores = _run(candidate.path, validation.inputs, [scored], ort)[scored].astype(np.float64)
+    platform = PLATFORMS.get(candidate.build, ONNX_PLATFORM)[0]
+    spec = None
+    if platform != ONNX_PLATFORM[0]:
+        spec = replace(template, name=candidate.name, platform=platform, model_path=candidate.path)
+    scores = _run(candidate.path, validation.inputs, [scored], ort, spec)[scored].astype(np.float64)
     correct = _answers(scores) == validation.labels
     candidate.accuracy = float(correct.mean())
     candidate.ci_low, candidate.ci_high = _interval(correct)
@@ -292,7 +345,7 @@ def _measure(
         candidate.agreement = float((_answers(scores) == _answers(reference)).mean())
         candidate.max_abs_diff = float(np.abs(scores - reference).max())
     batches = tuple(b for b in (*DEFAULT_BATCHES, 32) if b <= max(max_batch, 1))
-    measured = measure_profile(candidate.path, model_name=candidate.name, batches=batches, threads=threads)
+    measured = measure_profile(candidate.path, model_name=candidate.name, batches=batches, threads=threads, spec=spec)
     candidate.profile = measured.to_dict()
     profile = Profile.from_dict(candidate.profile)
     task = Task(candidate.name, slo_ms, 1.0, (Variant(candidate.name, 0.0),))
@@ -370,9 +423,10 @@ def _write(
 
     root.mkdir(parents=True, exist_ok=True)
     for candidate in kept:
+        platform, filename = PLATFORMS.get(candidate.build, ONNX_PLATFORM)
         directory = root / candidate.name
         (directory / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(candidate.path, directory / "1" / "model.onnx")
+        shutil.copyfile(candidate.path, directory / "1" / filename)
         parameters = {
             "accuracy": f"{candidate.accuracy:.4f}",
             "accuracy_ci95": f"{candidate.ci_low:.4f},{candidate.ci_high:.4f}",
@@ -380,7 +434,9 @@ def _write(
         }
         if candidate.build != "original":
             parameters["agreement_with_original"] = f"{candidate.agreement:.4f}"
-        (directory / "config.pbtxt").write_text(config(candidate.name, "onnxruntime_onnx", parameters))
+        if candidate.note:
+            parameters["variant_build_note"] = candidate.note
+        (directory / "config.pbtxt").write_text(config(candidate.name, platform, parameters))
     (root / name).mkdir(parents=True, exist_ok=True)
     (root / name / "config.pbtxt").write_text(
         config(name, "squishy_variants", {"variants": ",".join(c.name for c in kept), "accuracy_floor": "0"})
