@@ -74,7 +74,7 @@ VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model t
 @dataclass(frozen=True)
 class ServingConfig:
     layout: SlotLayout = field(default_factory=slot_layout)
-    executor: str = "auto"  # auto | onnxruntime | torch | null | null-zero (no work at all)
+    executor: str = "auto"  # auto | onnxruntime | torch | tvm | null | null-zero (no work at all)
     epoch_s: float = 10.0  # re-plan at least this often (Nexus: 30 s on a cluster)
     min_replan_interval_s: float = 2.0  # and early on a load change, but not more often than this
     control_tick_s: float = 0.5  # how often the control loop looks at the measured rates
