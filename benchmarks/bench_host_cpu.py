@@ -1,6 +1,7 @@
 """Where the host CPU goes while ``squishy serve`` runs a real model: per thread group, per request.
 
     .venv/bin/python benchmarks/bench_host_cpu.py [--model resnet18-half] [--rates 100,157] [--duration 20]
+    .venv/bin/python benchmarks/bench_host_cpu.py --twin   # the twin's goodput with these costs instead
 
 A fresh server (ONNX Runtime, the default slots) on a repository holding only ``--model`` (copied from
 ``examples/repository``) is driven by ``squishy bench`` over gRPC at each fixed rate (10 s warm-up, then
@@ -9,6 +10,10 @@ threads (``squishy-slot-N``), the event loop (the main thread), gRPC's own threa
 its own CPU. Printed per request, beside the twin's calibration (``results/twin/calibration.json``, measured
 on a ``null-zero`` server whose slots do no work) when present: what the twin charges is measured with idle
 slots, and the same work costs more CPU when the slots keep both cores busy.
+
+``--twin``: from the last run's file, the twin's goodput search for the model alone with its calibration as
+measured, and with the frontend's and the generator's costs replaced by those measured here at the first
+rate (the event loop and every other non-slot thread, split evenly between request and reply).
 """
 
 from __future__ import annotations
@@ -61,15 +66,41 @@ def one_rate(model: str, repository: Path, rate: float, duration: float, shape: 
     }
 
 
+def twin_goodput(model: str, repository: Path) -> None:
+    from squishy.bench.calibrate import Calibration
+    from squishy.sim.twin import Twin, physical_limit
+
+    measured = sorted(Path("results/twin").glob("host-cpu-*.json"))
+    if not measured or not CALIBRATION.exists():
+        raise SystemExit("needs results/twin/calibration.json and a host-cpu run of this benchmark first")
+    row = json.loads(measured[-1].read_text())["rows"][0]["ms_per_request"]
+    server_ms = sum(ms for group, ms in row.items() if group not in ("slots", "generator"))
+    idle = Calibration.load(CALIBRATION)
+    data = idle.to_dict()
+    costs = data["models"][model]
+    count = len(costs["rates_per_s"])
+    costs["frontend_ms"] = costs["reply_ms"] = [server_ms / 2] * count
+    costs["generator_ms"] = [row["generator"]] * count
+    for name, calibration in (("idle slots", idle), ("busy slots", Calibration.from_dict(data))):
+        twin = Twin(repository, calibration, {model: 1.0}, warmup_s=10.0, duration_s=20.0)
+        limit = physical_limit(twin)
+        found = twin.search(start_per_s=limit * 0.7, seed=0)
+        print(f"twin, host costs measured beside {name}: goodput {found.rate:.1f} req/s (slots' limit {limit:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="resnet18-half")
     parser.add_argument("--rates", default="100,157")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--shape", default="image=1,3,224,224:FP32", help="the model's input, for the generator")
+    parser.add_argument("--twin", action="store_true", help="predict goodput from the last run's costs")
     args = parser.parse_args()
     repository = Path(tempfile.mkdtemp(prefix="squishy-host-cpu-"))
     shutil.copytree(EXAMPLES / args.model, repository / args.model, copy_function=shutil.copy2)
+    if args.twin:
+        twin_goodput(args.model, repository)
+        return
     calibrated = {}
     if CALIBRATION.exists():
         costs = json.loads(CALIBRATION.read_text())["models"].get(args.model, {})
