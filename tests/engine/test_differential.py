@@ -22,8 +22,8 @@ from squishy.runtime.api import InferRequest
 from squishy.runtime.core import ServingConfig, ServingCore
 from squishy.runtime.repository import ModelRepository
 from squishy.scheduler import Session, Workload
-from squishy.sim import MachineSpec, RequestTrace, SimConfig, Simulation
-from squishy.sim.simulation import OUTCOME_DROPPED, OUTCOME_GOOD, OUTCOME_LATE
+from squishy.sim import RequestTrace, Simulation
+from tests.engine.compare import assert_same_decisions, mirror_config
 from tests.engine.virtual import VirtualServer
 from tests.runtime.onnx_models import add_profiled_model
 
@@ -102,38 +102,15 @@ def test_the_server_core_and_the_simulator_decide_the_same(tmp_path: Path, seed:
         {s.session_id: s.profile for s in sessions},
         None,
         "squishy",
-        SimConfig(
-            duration_s=(DURATION_MS + 5000.0) / 1000.0,
-            warmup_s=0.0,
-            network_ms=0.0,
-            model_load_ms=0.0,
-            control=config.control(),
-            machine=MachineSpec(slots=2),
-            trace=requests,
-            device_slowdown=FACTOR,
-            log_batches=True,
-        ),
+        mirror_config(config, requests, DURATION_MS + 5000.0, FACTOR),
     )
     simulation.run()
 
-    table = simulation.requests
-    origin = table.origin[: table.count]
-    by_index = {int(o): i for i, o in enumerate(origin.tolist())}
-    names_of = {OUTCOME_GOOD: "good", OUTCOME_LATE: "late", OUTCOME_DROPPED: "dropped"}
-    sim_outcomes = [names_of[int(table.outcome[by_index[i]])] for i in range(len(requests.send_ms))]
-    core_outcomes = [server.outcomes[str(i)].status for i in range(len(requests.send_ms))]
-    assert sim_outcomes == core_outcomes
-
-    sim_batches = [(slot, start, [str(origin[r]) for r in ids]) for slot, start, ids in simulation.batch_members]
-    assert sim_batches == server.batches
-
-    sim_replans = [(r["time_s"] * 1000.0, r["reason"], r["backends"]) for r in simulation.replans]
-    core_replans = [(round(t, 3), reason, backends) for t, reason, backends, _ in server.decisions]
-    assert sim_replans == core_replans
+    core_outcomes = assert_same_decisions(simulation, server, requests)
 
     # The trace exercised what the engine is for.
     counts = {status: core_outcomes.count(status) for status in ("good", "late", "dropped")}
     assert counts["good"] > 0.8 * len(core_outcomes) and counts["dropped"] > 0
-    assert len(core_replans) >= 2
+    assert len(server.decisions) >= 2
     assert sum(w.batches_stolen for w in core.workers) > 0
     assert max(s.latency.slowdown for s in sessions) > 1.1  # the observed slowdown moved early drop

@@ -24,8 +24,8 @@ from squishy.runtime.core import VARIANT_PARAMETER, ServingConfig, ServingCore
 from squishy.runtime.repository import ModelRepository
 from squishy.scheduler import Session, Workload
 from squishy.scheduler.variants import Task, Variant
-from squishy.sim import MachineSpec, RequestTrace, SimConfig, Simulation
-from squishy.sim.simulation import OUTCOME_DROPPED, OUTCOME_GOOD, OUTCOME_LATE
+from squishy.sim import RequestTrace, Simulation
+from tests.engine.compare import assert_same_decisions, mirror_config
 from tests.engine.virtual import VirtualServer
 from tests.runtime.onnx_models import add_profiled_model
 
@@ -104,35 +104,12 @@ def test_a_task_is_served_alike_by_the_server_core_and_the_simulator(tmp_path: P
         {s.session_id: s.profile for s in sessions.values()},
         None,
         "squishy",
-        SimConfig(
-            duration_s=(DURATION_MS + 5000.0) / 1000.0,
-            warmup_s=0.0,
-            network_ms=0.0,
-            model_load_ms=0.0,
-            control=config.control(),
-            machine=MachineSpec(slots=2),
-            trace=requests,
-            device_slowdown=FACTOR,
-            log_batches=True,
-        ),
+        mirror_config(config, requests, DURATION_MS + 5000.0, FACTOR),
         tasks=[task],
     )
     simulation.run()
 
-    table = simulation.requests
-    origin = table.origin[: table.count]
-    by_index = {int(o): i for i, o in enumerate(origin.tolist())}
-    names_of = {OUTCOME_GOOD: "good", OUTCOME_LATE: "late", OUTCOME_DROPPED: "dropped"}
-    sim_outcomes = [names_of[int(table.outcome[by_index[i]])] for i in range(len(requests.send_ms))]
-    core_outcomes = [server.outcomes[str(i)].status for i in range(len(requests.send_ms))]
-    assert sim_outcomes == core_outcomes
-
-    sim_batches = [(slot, start, [str(origin[r]) for r in ids]) for slot, start, ids in simulation.batch_members]
-    assert sim_batches == server.batches
-
-    sim_replans = [(r["time_s"] * 1000.0, r["reason"], r["backends"]) for r in simulation.replans]
-    core_replans = [(round(t, 3), reason, backends) for t, reason, backends, _ in server.decisions]
-    assert sim_replans == core_replans
+    core_outcomes = assert_same_decisions(simulation, server, requests)
 
     # Which variant answered: the server's response parameter against the simulator's count per variant.
     answered = Counter(
@@ -147,4 +124,4 @@ def test_a_task_is_served_alike_by_the_server_core_and_the_simulator(tmp_path: P
     assert answered["big"] > 0 and answered["small"] > 0
     assert sum(summary["fell_back"].values()) > 0
     assert core_outcomes.count("good") > 0.8 * len(core_outcomes) and core_outcomes.count("dropped") > 0
-    assert len(core_replans) >= 2
+    assert len(server.decisions) >= 2
