@@ -74,7 +74,7 @@ def test_generated_variants_are_measured_checked_and_written_as_a_task(tmp_path:
     for name in kept:
         spec = repository.spec(name)
         assert spec.parameters["accuracy"] == f"{next(c for c in candidates if c.name == name).accuracy:.4f}"
-        sessions[name] = VariantSession(f"{name}:1", spec, None)  # type: ignore[arg-type]
+        sessions[name] = VariantSession(f"{name}:1", spec)
     assert task_problem(ServedTask.from_spec(task), sessions) is None  # squishy serve takes it as is
     summary = json.loads((tmp_path / "repo" / "net" / "variants.json").read_text())
     assert {row["build"] for row in summary} == {"original", "ort-basic", "int8-dynamic"}

@@ -18,7 +18,6 @@ from squishy.scheduler import Settings
 from squishy.scheduler.variants import (
     Task,
     Variant,
-    VariantPlan,
     choose_variants,
     delivered_accuracy,
     frontier,
@@ -72,10 +71,9 @@ class VariantChooser:
         # The margin holds for shedding too: choosing the served share for the rates as measured admitted
         # 1.6x as many requests in the floor run of benchmarks/bench_variants.py on 2 cores, and answered
         # 7.5% of them late. A device that runs its profile exactly needs no margin (load_margin 1).
-        return self._choice(self._solve(rates, capacity, self.load_margin), self.load_margin)
-
-    def _solve(self, rates: Mapping[Hashable, float], capacity: int | None, margin: float) -> VariantPlan:
+        margin = self.load_margin
         tasks = self.tasks()
+        profiles = self.profiles()
         scheduler_tasks = []
         for key, measured in rates.items():
             rate = measured * margin
@@ -85,16 +83,10 @@ class VariantChooser:
                 scheduler_tasks.append(Task(name, self.slo_ms(name), rate, (Variant(name, PLAIN_ACCURACY),)))
             else:
                 scheduler_tasks.append(replace(task, name=name, rate=rate))
-        profiles = self.profiles()
         if capacity is None:  # as many backends as it takes: everything on its most accurate variant
             capacity = most_accurate_needs(scheduler_tasks, profiles, settings=self.settings)
         result = choose_variants(scheduler_tasks, profiles, capacity, settings=self.settings)
         self.last_notes = result.notes
-        return result
-
-    def _choice(self, result: VariantPlan, margin: float) -> Choice:
-        tasks = self.tasks()
-        profiles = self.profiles()
         session_rates: dict[Hashable, float] = {
             s.model: s.rate
             for s in sessions_for(result.tasks, result.chosen, result.served_rate, result.upper).sessions

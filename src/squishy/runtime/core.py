@@ -454,7 +454,7 @@ class ServingCore(BatchSink):
             known = newest.get(session.spec.name)
             if known is None or int(session.spec.version) > int(known.spec.version):
                 newest[session.spec.name] = session
-        return {name: VariantSession(s.session_id, s.spec, s.planning_profile()) for name, s in newest.items()}
+        return {name: VariantSession(s.session_id, s.spec) for name, s in newest.items()}
 
     def _scheduler_tasks(self) -> dict[str, Task]:
         sessions = self._variant_sessions()

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from squishy.profiles import Profile
 from squishy.routing import TaskRoute
 from squishy.runtime.api import ModelSpec
 from squishy.runtime.repository import PARAM_ACCURACY, PARAM_ACCURACY_FLOOR, parse_accuracy, variant_names
@@ -36,11 +35,10 @@ class ServedTask(TaskRoute):
 
 @dataclass(frozen=True)
 class VariantSession:
-    """What the chooser needs of a variant model's session."""
+    """A variant model's session, as a task sees it: the name the plan knows it by, and its spec."""
 
     session_id: str
     spec: ModelSpec
-    profile: Profile
 
 
 def variant_accuracy(spec: ModelSpec) -> float | None:
