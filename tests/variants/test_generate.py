@@ -141,7 +141,7 @@ def test_a_kept_tvm_variant_is_written_as_model_so_and_served_by_the_tvm_executo
         assert isinstance(executor, TvmExecutor)
         np.testing.assert_allclose(executor.run({"x": x})["scores"], onnx_scores(model, x), atol=1e-4)
     task = repository.spec("net")
-    sessions = {"net-tvm": VariantSession("net-tvm:1", spec, None)}  # type: ignore[arg-type]
+    sessions = {"net-tvm": VariantSession("net-tvm:1", spec)}
     assert task_problem(ServedTask.from_spec(task), sessions) is None
     assert repository.profile(spec, threads=1, warmup=1, repeats=2).batch_ms  # profiled at start-up like ONNX
 
