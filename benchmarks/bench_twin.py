@@ -4,11 +4,14 @@ server runs the same arrival traces, and both are printed side by side.
     .venv/bin/python benchmarks/bench_twin.py --part calibrate          # results/twin/calibration.json
     .venv/bin/python benchmarks/bench_twin.py --part compare [--runs 3]  # predictions vs measurements
 
-Calibration runs (``squishy.bench.calibrate``) measure, against a ``null-zero`` server at fixed rates, the
-CPU per request of the server's event loop and slot threads and of the load generator. The comparison
-never feeds its own measurements back into the model: the twin reads the calibration file, the
-profiles the server itself reads (cached beside the models), the machine's cores and the server's
-defaults, and nothing else.
+Calibration runs (``squishy.bench.calibrate``, ``busy=True``) measure at fixed rates the CPU per request
+of the server's event loop and slot threads and of the load generator: against a ``null-zero`` server
+(what the slot threads spend outside the executor), then with each model alone on ONNX Runtime at 20%
+and 40% of its slots' limit (the event loop's and the generator's costs while the slots work, and the
+batches' CPU against their profiled ℓ(b)). The comparison never feeds its own measurements back into
+the model: the twin reads the calibration file, the profiles the server itself reads (cached beside the
+models; every workload's repository gets the calibration repository's, so both read the same ℓ(b)),
+the machine's cores and the server's defaults, and nothing else.
 
 Per workload (``resnet18-half`` alone; the four-model mix of ``bench_peers.py``; a held-out mix under
 gamma arrivals with CV 2 that the calibration never ran): the goodput (highest total rate with every
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -88,7 +92,7 @@ def main() -> None:
     build_examples(REPOSITORY)
     if args.part == "calibrate":
         started = time.monotonic()
-        calibration = calibrate(REPOSITORY, CALIBRATED_MODELS, progress=sys.stderr.isatty())
+        calibration = calibrate(REPOSITORY, CALIBRATED_MODELS, progress=sys.stderr.isatty(), busy=True)
         calibration.save(RESULTS / "calibration.json")
         print(f"calibration ({time.monotonic() - started:.0f} s): {RESULTS / 'calibration.json'}")
         print("CPU ms per request (event loop: request + reply; generator) at each rate; slot thread per batch:")
@@ -99,7 +103,7 @@ def main() -> None:
                     f"{costs.reply_ms[index]:.3f}, generator {costs.generator_ms[index]:.3f}"
                 )
             slot = f"{costs.slot_batch_ms:.3f} per batch + {costs.slot_request_ms:.3f} per request"
-            print(f"  {model:14s} slot thread: {slot}")
+            print(f"  {model:14s} slot thread: {slot}; batches take {costs.execution_factor:.3f} × ℓ(b) of CPU")
         return
     calibration = Calibration.load(RESULTS / "calibration.json")
     chosen = WORKLOADS if args.workloads == "all" else [WORKLOADS[int(i)] for i in args.workloads.split(",")]
@@ -113,6 +117,7 @@ def main() -> None:
 def compare(workload: Workload, calibration: Calibration, args: argparse.Namespace) -> dict[str, Any]:
     layout = slot_layout()
     build_examples(workload.repository, only=tuple(workload.mix))
+    share_profiles(REPOSITORY, workload.repository)
     twin = Twin(workload.repository, calibration, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
     ideal = Twin(workload.repository, None, workload.mix, layout, workload.arrivals, args.warmup, args.duration)
     limit = physical_limit(twin)
@@ -158,6 +163,15 @@ def compare(workload: Workload, calibration: Calibration, args: argparse.Namespa
         "twin_error": error,
         "loads": loads,
     }
+
+
+def share_profiles(source: Path, target: Path) -> None:
+    """Copy the calibration repository's cached profiles into ``target``'s models: the calibration's
+    execution factor is relative to that ℓ(b), and every server started on ``target`` reads it too."""
+    for cached in source.glob("*/*/*.profile-cache.json"):
+        destination = target / cached.relative_to(source)
+        if destination.parent.is_dir():
+            shutil.copy2(cached, destination)
 
 
 def _config(workload: Workload, slos: dict[str, float], rate: float, args: argparse.Namespace, url: str, seed: int):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from squishy.bench.calibrate import Calibration, ModelCosts
+from dataclasses import replace
+
+from squishy.bench.calibrate import Calibration, ModelCosts, busy_rates
 from squishy.cluster import SlotLayout
 from squishy.sim.twin import Twin, physical_limit
 from tests.runtime.onnx_models import add_profiled_model
@@ -22,7 +24,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def calibration(scale: float) -> Calibration:
+def calibration(scale: float, execution_factor: float = 1.0) -> Calibration:
     costs = ModelCosts(
         rates_per_s=[100.0, 1000.0],
         frontend_ms=[0.4 * scale, 0.2 * scale],
@@ -30,6 +32,7 @@ def calibration(scale: float) -> Calibration:
         generator_ms=[0.3 * scale, 0.15 * scale],
         slot_batch_ms=0.3 * scale,
         slot_request_ms=0.05 * scale,
+        execution_factor=execution_factor,
     )
     return Calibration(2, {"big": costs, "small": costs}, "by hand")
 
@@ -61,3 +64,28 @@ def test_the_host_cpu_the_server_spends_costs_capacity_and_more_of_it_costs_more
     costly = twin(repository, calibration(3.0)).search(start_per_s=300.0).rate
     limit = physical_limit(twin(repository, None))
     assert 0 < costly < cheap < ideal <= limit
+
+
+def test_batches_slowed_by_the_frontend_beside_them_take_longer_and_cost_capacity(repository: Path):
+    calibrated, slowed = twin(repository, calibration(1.0)), twin(repository, calibration(1.0, 1.5))
+    light, light_slowed = calibrated.predict(60.0, seed=3), slowed.predict(60.0, seed=3)
+    # ℓ(1) of "big" is 9 ms: 1.5× of it is on the path of every request at light load.
+    assert light_slowed.per_model["big"]["p50_ms"] >= light.per_model["big"]["p50_ms"] + 4.0
+    assert slowed.search(start_per_s=300.0).rate < calibrated.search(start_per_s=300.0).rate
+
+
+def test_an_old_calibration_file_reads_as_batches_at_their_profiled_speed():
+    data = calibration(1.0).to_dict()
+    for costs in data["models"].values():
+        del costs["execution_factor"], costs["idle_runs"]
+    assert Calibration.from_dict(data).models["big"].at(100.0)["execution_factor"] == 1.0
+
+
+def test_the_busy_pass_keeps_the_slots_well_under_their_limit():
+    # A costly model (limit 224 req/s): 20% and 40% of it, no calibration rate above that.
+    assert busy_rates(224.0) == [44.8, 89.6]
+    # A cheap one: the calibration rates, up to the event loop's, as its limit is far above them.
+    assert busy_rates(20_000.0) == [100.0, 300.0, 1000.0, 2000.0]
+    assert busy_rates(1_500.0) == [100.0, 300.0, 600.0]
+    assert all(rate <= 0.4 * limit for limit in (224.0, 1_500.0, 20_000.0) for rate in busy_rates(limit))
+    assert replace(calibration(1.0).models["big"], execution_factor=2.0).at(1e4)["execution_factor"] == 2.0

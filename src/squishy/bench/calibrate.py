@@ -12,12 +12,22 @@ these constants, each measured here by separate runs, never fitted to the runs i
 How the event loop's cost splits between the request and the reply is measured in isolation: decoding
 the model's request and encoding its response with squishy's codec, many times; the rest of the event
 loop's cost (HTTP, asyncio) is split evenly between the two.
+
+Beside idle slots that work is cheaper than while serving: measured with the real model, the event loop's
+and the generator's cost per request of ``resnet18-half`` were 2–3× the ``null-zero`` figures (shared caches
+and memory bandwidth: a 600 kB image passes through both). So a second pass (``busy=True``) serves each
+model alone with the real executor at rates well under its slots' limit (``BUSY_LIMIT_SHARES``), and
+measures there the event loop's and the generator's cost per request and the slots' CPU per batch against
+the profiled ℓ(b) (``execution_factor``). Those are the costs the twin charges; the ``null-zero`` pass
+gives what the slot threads spend outside the executor and stays in ``idle_runs`` for comparison.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +45,10 @@ from squishy.profiles.profiler import cpu_model_name
 # Rates each model is run at; a higher one is skipped once the event loop is this busy (cores).
 DEFAULT_RATES_PER_S = (100.0, 300.0, 1000.0, 2000.0)
 BUSY_ENOUGH_CORES = 0.6
+# Busy pass: each model at these shares of its slots' physical limit (and at the rates above that lie
+# below the largest share), so the slots work but never saturate. The comparison's loads (50–95% of the
+# measured goodput, and the search near it) lie above them.
+BUSY_LIMIT_SHARES = (0.2, 0.4)
 DEFAULT_DURATION_S = 8.0
 IDLE_S = 3.0
 CODEC_REPEATS = 300
@@ -57,6 +71,10 @@ class ModelCosts:
     slot_batch_ms: float = 0.0
     slot_request_ms: float = 0.0
     runs: list[dict[str, float]] = field(default_factory=list)  # the raw figures behind them
+    # Slot CPU spent in the executor ÷ the profiled ℓ(b) of the batches it ran, with the real model
+    # serving (1.0 when only the null-zero pass ran).
+    execution_factor: float = 1.0
+    idle_runs: list[dict[str, float]] = field(default_factory=list)  # the null-zero pass, when busy ran
 
     def at(self, rate_per_s: float) -> dict[str, float]:
         """The costs at a total rate: linear in log(rate) between calibration rates, flat beyond them."""
@@ -74,6 +92,7 @@ class ModelCosts:
             "slot_ms": self.slot_request_ms,
             "generator_send_ms": generator / 2.0,
             "generator_receive_ms": generator / 2.0,
+            "execution_factor": self.execution_factor,
         }
 
 
@@ -108,13 +127,18 @@ def calibrate(
     duration_s: float = DEFAULT_DURATION_S,
     seed: int = 101,
     progress: bool = False,
+    busy: bool = False,
 ) -> Calibration:
-    """Measure every model's costs against a ``null-zero`` server on this machine."""
+    """Measure every model's costs against a ``null-zero`` server on this machine; with ``busy``, then
+    against the real executor (see the module's notes), whose costs replace the idle ones."""
     costs: dict[str, ModelCosts] = {}
     with start_squishy(repository, ["--executor", "null-zero"]) as server:
         idle = _idle_rates(server)
         for model in models:
             costs[model] = _calibrate_model(server, repository, model, idle, rates_per_s, duration_s, seed, progress)
+    if busy:
+        for model in models:
+            costs[model] = _calibrate_busy(repository, model, costs[model], rates_per_s, duration_s, seed, progress)
     return Calibration(
         cores=len(os.sched_getaffinity(0)),
         models=costs,
@@ -142,11 +166,57 @@ def _threads(server: ServerProcess) -> dict[str, float]:
     return grouped
 
 
-def _served(server: ServerProcess, model: str) -> tuple[int, int]:
-    """(requests answered successfully, batches executed) so far, from the statistics extension."""
+def _served(server: ServerProcess, model: str) -> tuple[int, int, dict[int, int]]:
+    """(requests answered successfully, batches executed, batches by size) so far, from the statistics
+    extension."""
     reply = httpx.get(f"{server.http_url}/v2/models/{model}/stats", timeout=10)
     stats = reply.json()["model_stats"][0]
-    return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
+    by_size = {int(entry["batch_size"]): int(entry["compute_infer"]["count"]) for entry in stats.get("batch_stats", [])}
+    return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"]), by_size
+
+
+def _measure(
+    server: ServerProcess,
+    model: str,
+    idle: dict[str, float],
+    rates_per_s: Sequence[float],
+    duration_s: float,
+    seed: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], bytes]:
+    """One fixed-rate run per rate (stopping once the event loop is busy enough): what each thread group and
+    the generator spent, the requests and the batches by size; and one request as sent on the wire."""
+    runs: list[dict[str, Any]] = []
+    load = ModelLoad(model, rates_per_s[0], 10_000.0)
+    config = BenchConfig(models=(load,), url=server.http_url, duration_s=duration_s, warmup_s=1.0, seed=seed)
+    prepared = prepare(config)
+    for rate in rates_per_s:
+        if runs and runs[-1]["event_loop_cpu_s"] / runs[-1]["seconds"] > BUSY_ENOUGH_CORES:
+            break  # the event loop is the bottleneck from here on: not a cost per request any more
+        step = BenchConfig(models=(ModelLoad(model, rate, 10_000.0),), url=server.http_url, duration_s=duration_s,
+                           warmup_s=1.0, seed=seed)  # fmt: skip
+        requests_before, batches_before, sizes_before = _served(server, model)
+        threads_before = _threads(server)
+        started = time.monotonic()
+        result = run(step, prepared=prepared, progress=progress, isolate=True)
+        elapsed = time.monotonic() - started
+        threads_after = _threads(server)
+        requests_after, batches_after, sizes_after = _served(server, model)
+        used = {name: threads_after[name] - threads_before[name] - idle.get(name, 0.0) * elapsed for name in idle}
+        runs.append(
+            {
+                "rate_per_s": rate,
+                "requests": float(requests_after - requests_before),
+                "batches": float(batches_after - batches_before),
+                "batch_sizes": {size: n - sizes_before.get(size, 0) for size, n in sizes_after.items()},
+                "seconds": elapsed,
+                "event_loop_cpu_s": used["main"] + used["other"],
+                "slot_cpu_s": used["slots"],
+                "generator_cpu_s": result.generator.cpu_s,
+                "generator_wall_s": result.generator.wall_s,
+            }
+        )
+    return runs, prepared.requests[0]
 
 
 def _calibrate_model(
@@ -159,39 +229,22 @@ def _calibrate_model(
     seed: int,
     progress: bool,
 ) -> ModelCosts:
-    runs: list[dict[str, float]] = []
-    load = ModelLoad(model, rates_per_s[0], 10_000.0)
-    config = BenchConfig(models=(load,), url=server.http_url, duration_s=duration_s, warmup_s=1.0, seed=seed)
-    prepared = prepare(config)
-    for rate in rates_per_s:
-        if runs and runs[-1]["event_loop_cpu_s"] / runs[-1]["seconds"] > BUSY_ENOUGH_CORES:
-            break  # the event loop is the bottleneck from here on: not a cost per request any more
-        step = BenchConfig(models=(ModelLoad(model, rate, 10_000.0),), url=server.http_url, duration_s=duration_s,
-                           warmup_s=1.0, seed=seed)  # fmt: skip
-        requests_before, batches_before = _served(server, model)
-        threads_before = _threads(server)
-        started = time.monotonic()
-        result = run(step, prepared=prepared, progress=progress, isolate=True)
-        elapsed = time.monotonic() - started
-        threads_after = _threads(server)
-        requests_after, batches_after = _served(server, model)
-        requests = requests_after - requests_before
-        used = {name: threads_after[name] - threads_before[name] - idle.get(name, 0.0) * elapsed for name in idle}
-        runs.append(
-            {
-                "rate_per_s": rate,
-                "requests": float(requests),
-                "batches": float(batches_after - batches_before),
-                "seconds": elapsed,
-                "event_loop_cpu_s": used["main"] + used["other"],
-                "slot_cpu_s": used["slots"],
-                "generator_cpu_s": result.generator.cpu_s,
-                "generator_wall_s": result.generator.wall_s,
-            }
-        )
-    decode_ms, encode_ms = _codec_costs(repository, model, prepared.requests[0])
-    loop_ms = [1000.0 * r["event_loop_cpu_s"] / r["requests"] for r in runs]
+    runs, wire_request = _measure(server, model, idle, rates_per_s, duration_s, seed, progress)
     slot_batch_ms, slot_request_ms = _fit_slot_costs(runs)
+    return _costs(repository, model, runs, wire_request, slot_batch_ms, slot_request_ms)
+
+
+def _costs(
+    repository: Path,
+    model: str,
+    runs: list[dict[str, Any]],
+    wire_request: bytes,
+    slot_batch_ms: float,
+    slot_request_ms: float,
+    **extra: Any,
+) -> ModelCosts:
+    decode_ms, encode_ms = _codec_costs(repository, model, wire_request)
+    loop_ms = [1000.0 * r["event_loop_cpu_s"] / r["requests"] for r in runs]
     return ModelCosts(
         rates_per_s=[r["rate_per_s"] for r in runs],
         frontend_ms=[decode_ms + max(loop - decode_ms - encode_ms, 0.0) / 2.0 for loop in loop_ms],
@@ -201,7 +254,53 @@ def _calibrate_model(
         # The generator's CPU time covers the warm-up too: per request the server answered in the run.
         generator_ms=[1000.0 * r["generator_cpu_s"] / r["requests"] for r in runs],
         runs=runs,
+        **extra,
     )
+
+
+def busy_rates(limit_per_s: float, rates_per_s: Sequence[float] = DEFAULT_RATES_PER_S) -> list[float]:
+    """The busy pass's rates for a model whose slots' physical limit is ``limit_per_s``: the shares of it in
+    ``BUSY_LIMIT_SHARES`` (when below the largest calibration rate) and the calibration rates below them."""
+    top = max(BUSY_LIMIT_SHARES) * limit_per_s
+    shares = [share * limit_per_s for share in BUSY_LIMIT_SHARES if share * limit_per_s <= max(rates_per_s)]
+    return sorted({round(rate, 1) for rate in [*shares, *(r for r in rates_per_s if r <= top)]})
+
+
+def _calibrate_busy(
+    repository: Path,
+    model: str,
+    idle_costs: ModelCosts,
+    rates_per_s: Sequence[float],
+    duration_s: float,
+    seed: int,
+    progress: bool,
+) -> ModelCosts:
+    """The model alone (a repository of its own, so nothing else is planned) on the real executor."""
+    from squishy.sim.twin import Twin, physical_limit  # the twin reads this module's Calibration
+
+    with tempfile.TemporaryDirectory(prefix="squishy-calibrate-") as scratch:
+        alone = Path(scratch)
+        shutil.copytree(repository / model, alone / model, copy_function=shutil.copy2)  # its profile cache too
+        twin = Twin(alone, None, {model: 1.0})
+        profile = twin.sessions[0][3]  # what the server will plan with: the same cached profile
+        limit = physical_limit(twin)
+        with start_squishy(alone, ["--executor", "onnxruntime"]) as server:
+            idle = _idle_rates(server)
+            rates = busy_rates(limit, rates_per_s)
+            runs, wire_request = _measure(server, model, idle, rates, duration_s, seed, progress)
+    executed_ms = 0.0
+    profiled_ms = 0.0
+    for r in runs:
+        outside_ms = idle_costs.slot_batch_ms * r["batches"] + idle_costs.slot_request_ms * r["requests"]
+        r["executed_ms"] = max(1000.0 * r["slot_cpu_s"] - outside_ms, 0.0)
+        r["profiled_ms"] = sum(n * profile.latency_ms(size) for size, n in r["batch_sizes"].items())
+        executed_ms += r["executed_ms"]
+        profiled_ms += r["profiled_ms"]
+    factor = executed_ms / profiled_ms if profiled_ms > 0 else 1.0
+    return _costs(
+        repository, model, runs, wire_request, idle_costs.slot_batch_ms, idle_costs.slot_request_ms,
+        execution_factor=factor, idle_runs=idle_costs.runs,
+    )  # fmt: skip
 
 
 def _fit_slot_costs(runs: list[dict[str, float]]) -> tuple[float, float]:

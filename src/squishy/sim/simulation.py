@@ -72,6 +72,9 @@ class RequestCosts:
     generator_receive_ms: float = 0.0  # ... and reading the reply
     slot_ms: float = 0.0  # on the slot's thread, outside the executor, per request: gathering inputs, outputs
     slot_batch_ms: float = 0.0  # ... and per batch: taking the turn, reporting
+    # CPU a batch takes on this machine while serving, as a multiple of its profiled ℓ(b): the profiler
+    # measures the slots alone, and the frontend's work beside them slows them (shared caches, memory).
+    execution_factor: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestCosts:
@@ -1007,6 +1010,7 @@ class Simulation:
             assert self.host is not None
             costs = self.host.costs_for(str(share.key.model))
             python_ms = costs.slot_batch_ms + costs.slot_ms * len(batch)  # gathering, splitting, answering
+            duration *= costs.execution_factor
             backend.inflight = InFlight(slot, batch.deadlines_ms, batch.tags, inputs, now, math.nan, math.nan)
             thread = self.slot_threads[backend.turn.index]
             self.cpu.submit(thread, python_ms, _nothing, gil=True)
