@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from dataclasses import replace
 
 from squishy.bench.calibrate import Calibration, ModelCosts, busy_rates
 from squishy.cluster import SlotLayout

@@ -7,6 +7,8 @@ scope, and JSON goes through orjson. Every ``ServingError`` becomes its HTTP sta
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -69,6 +71,12 @@ Response = tuple[int, bytes | list[bytes | memoryview], Headers]
 
 def _json(status: int, doc: Any) -> Response:
     return status, orjson.dumps(doc), _JSON
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3 description of this REST surface, shipped in the package (``openapi.json``)."""
+    return importlib.resources.files("squishy.frontend").joinpath("openapi.json").read_bytes()
 
 
 class HttpFrontend:
@@ -143,6 +151,9 @@ class HttpFrontend:
             self._allow(method, "GET")
             return 200, self._server_metadata, _JSON
         head = parts[0]
+        if head == "openapi.json" and n == 1:
+            self._allow(method, "GET")
+            return 200, openapi_document(), _JSON
         if head == "health" and n == 2:
             self._allow(method, "GET")
             if parts[1] == "live":
