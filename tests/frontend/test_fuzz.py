@@ -18,22 +18,13 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from squishy.frontend.http import openapi_document
+from tests.frontend.fuzzing import DATATYPES, FUZZ, RESERVED_PARAMS
 
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
-             "BF16", "BYTES"]  # fmt: skip
-# Custom request parameters the test service acts on (``fail`` raises, ``delay_ms`` sleeps): never generated.
-RESERVED_PARAMS = {"fail", "delay_ms"}
 CASES: collections.Counter[str] = collections.Counter()
-
-FUZZ = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-    database=None,
-)
 
 
 @pytest.fixture(scope="module")

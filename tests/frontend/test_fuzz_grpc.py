@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
-             "BF16", "BYTES"]  # fmt: skip
+from tests.frontend.fuzzing import DATATYPES, FUZZ, RESERVED_PARAMS
+
 CONTENTS = {
     "bool_contents": st.booleans(),
     "int_contents": st.integers(-(2**31), 2**31 - 1),
@@ -30,17 +30,9 @@ CONTENTS = {
     "fp64_contents": st.floats(),
     "bytes_contents": st.binary(max_size=8),
 }
-# Custom request parameters the test service acts on (``fail`` raises, ``delay_ms`` sleeps): never generated.
-RESERVED_PARAMS = {"fail", "delay_ms"}
 CLIENT_ERRORS_ONLY = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 CASES: collections.Counter[str] = collections.Counter()
 CODES: collections.Counter[str] = collections.Counter()
-
-FUZZ = settings(
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-    database=None,
-)
 
 
 @pytest.fixture(scope="module")

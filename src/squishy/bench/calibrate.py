@@ -135,7 +135,8 @@ def calibrate(
     with start_squishy(repository, ["--executor", "null-zero"]) as server:
         idle = _idle_rates(server)
         for model in models:
-            costs[model] = _calibrate_model(server, repository, model, idle, rates_per_s, duration_s, seed, progress)
+            runs, wire_request = _measure(server, model, idle, rates_per_s, duration_s, seed, progress)
+            costs[model] = _costs(repository, model, runs, wire_request, *_fit_slot_costs(runs))
     if busy:
         for model in models:
             costs[model] = _calibrate_busy(repository, model, costs[model], rates_per_s, duration_s, seed, progress)
@@ -217,21 +218,6 @@ def _measure(
             }
         )
     return runs, prepared.requests[0]
-
-
-def _calibrate_model(
-    server: ServerProcess,
-    repository: Path,
-    model: str,
-    idle: dict[str, float],
-    rates_per_s: Sequence[float],
-    duration_s: float,
-    seed: int,
-    progress: bool,
-) -> ModelCosts:
-    runs, wire_request = _measure(server, model, idle, rates_per_s, duration_s, seed, progress)
-    slot_batch_ms, slot_request_ms = _fit_slot_costs(runs)
-    return _costs(repository, model, runs, wire_request, slot_batch_ms, slot_request_ms)
 
 
 def _costs(
