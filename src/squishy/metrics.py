@@ -32,6 +32,9 @@ squishy's own:
   ``squishy_slo_met_total``, ``squishy_slo_late_total``, ``squishy_dropped_total`` ``{model,version}``
   ``squishy_request_latency_ms{model,version}``  histogram of end-to-end latency of completed requests
   ``squishy_door_shed_total{model,version,reason}``  requests shed at the front door (deadline, queue)
+  ``squishy_batch_retries_total{model,version}``  failed batches whose requests were retried one by one
+  ``squishy_hung_batches_total{model,version}``  batches the watchdog gave up on (the model is then
+      unavailable until it is loaded again)
   ``squishy_event_loop_lag_ms``  histogram of the serving loop's lag (how late a 5 ms timer ran)
   ``squishy_batch_size{model,version}``  histogram of executed batch sizes
   ``squishy_plan_backends``  backends in the current plan
@@ -232,6 +235,18 @@ class ServerMetrics:
             ("model", "version", "reason"),
             registry=self.registry,
         )
+        self._retries = Counter(
+            "squishy_batch_retries",
+            "Batches that failed and whose requests were then run one by one",
+            mv,
+            registry=self.registry,
+        )
+        self._hung = Counter(
+            "squishy_hung_batches",
+            "Batches that ran far past their profile and that the watchdog gave up on",
+            mv,
+            registry=self.registry,
+        )
         self._loop_lag_ms = Histogram(
             "squishy_event_loop_lag_ms",
             "How late the serving event loop ran a timer (ms): the wait a request arriving now has",
@@ -337,6 +352,12 @@ class ServerMetrics:
         """A request shed at the door (never reached the core): a Triton REJECTED failure too."""
         self._shed.labels(model, version, reason).inc()
         self._triton.inc("nv_inference_request_failure", (model, version, "REJECTED"), 1)
+
+    def record_retry(self, model: str, version: str) -> None:
+        self._retries.labels(model, version).inc()
+
+    def record_hang(self, model: str, version: str) -> None:
+        self._hung.labels(model, version).inc()
 
     def record_variant(self, task: str, variant: str) -> None:
         self._variant_requests.labels(task, variant).inc()

@@ -21,6 +21,7 @@ from squishy.frontend.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAUL
 from squishy.metrics import ServerMetrics
 from squishy.runtime.core import ServingConfig, ServingCore
 from squishy.runtime.repository import DEFAULT_SLO_MS, ModelRepository
+from squishy.runtime.watchdog import HangBound
 
 EXECUTORS = ("auto", "onnxruntime", "torch", "tvm", "null", "null-zero")
 
@@ -77,6 +78,24 @@ def add_parser(subparsers: Any) -> None:
         default=DEFAULT_TARGET_MS,
         help=f"the wait before handling that counts as a standing queue (default {DEFAULT_TARGET_MS:g} ms)",
     )
+    parser.add_argument(
+        "--late-replies",
+        action="store_true",
+        help="deliver results that finish after their deadline (default: answer 503 at the deadline)",
+    )
+    parser.add_argument(
+        "--hang-factor",
+        type=float,
+        default=HangBound.hang_factor,
+        help="a batch running this many times its profiled time is hung: the model is made unavailable "
+        f"(default {HangBound.hang_factor:g})",
+    )
+    parser.add_argument(
+        "--hang-floor-ms",
+        type=float,
+        default=HangBound.hang_floor_ms,
+        help=f"and never before it has run this long (default {HangBound.hang_floor_ms:g} ms)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
@@ -101,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         variant_load_margin=args.variant_load_margin,
         strict_readiness=not args.no_strict_readiness,
         profile_progress=sys.stderr.isatty(),
+        answer_at_deadline=not args.late_replies,
+        hang=HangBound(args.hang_factor, args.hang_floor_ms),
     )
     import uvloop
 

@@ -63,6 +63,21 @@ class BatchTiming:
         return round(self.output_ms * 1e6)
 
 
+@dataclass(frozen=True)
+class RunningBatch:
+    """A batch in flight on a worker, as the watchdog sees it."""
+
+    slot: Slot
+    items: Sequence[Item]
+    executor: Executor
+    started_ms: float
+    expected_ms: float  # ℓ(inputs) as early drop predicted it when the batch started (observed slowdown in)
+
+    @property
+    def inputs(self) -> int:
+        return sum(item.size for item in self.items)
+
+
 class BatchSink:
     """Where a worker reports what happened to each request (implemented by the serving core)."""
 
@@ -72,21 +87,44 @@ class BatchSink:
 
     def batch_failed(self, slot: Slot, items: Sequence[Item], error: BaseException) -> None: ...
 
+    def batch_retried(self, slot: Slot, items: Sequence[Item]) -> None:
+        """A batch failed and its requests are about to be run one by one."""
+
     def dropped(self, slot: Slot, items: Sequence[Item]) -> None: ...
 
 
+class BatchWatch:
+    """Told when a worker starts a batch (implemented by ``squishy.runtime.watchdog.Watchdog``)."""
+
+    def started(self, batch: RunningBatch) -> None: ...
+
+
 class Worker:
-    """One backend of the plan, running in its own thread."""
+    """One backend of the plan, running in its own thread.
+
+    A worker the watchdog gave up on (``abandoned``: its thread is stuck in a batch) reports nothing more
+    and exits when its batch returns; a fresh worker has taken over its turn (``turn``) by then.
+    """
 
     def __init__(
-        self, index: int, sink: BatchSink, condition: threading.Condition, clock: Clock = SYSTEM_CLOCK
+        self,
+        index: int,
+        sink: BatchSink,
+        condition: threading.Condition,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        turn: BackendTurn | None = None,
+        watch: BatchWatch | None = None,
     ) -> None:
         self.index = index
-        self.turn = BackendTurn(index)
+        self.turn = turn if turn is not None else BackendTurn(index)
         self._sink = sink
         self._clock = clock
         self._condition = condition
+        self._watch = watch or BatchWatch()
         self._stopping = False
+        self.abandoned = False
+        self.running: RunningBatch | None = None
         self._thread = threading.Thread(target=self._run, name=f"squishy-backend-{index}", daemon=True)
         self.spare_executors: dict[str, Executor] = {}  # session → an executor here, for stolen batches
 
@@ -105,26 +143,42 @@ class Worker:
         with self._condition:
             self._stopping = True
             self._condition.notify_all()
-        self._thread.join(timeout_s)
+        if not self.abandoned:  # a stuck thread may never return; it is a daemon
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         name_thread(f"squishy-slot-{self.index}")
         while True:
             with self._condition:
-                if self._stopping:
+                if self._stopping or self.abandoned:
                     return
-                turn = self.turn.next(self._clock.now_ms())
+                now_ms = self._clock.now_ms()
+                turn = self.turn.next(now_ms)
                 if turn.slot is not None:
                     self.turn.busy = True
+                    self.running = self._running(turn, now_ms)
                     self._condition.notify_all()  # idle neighbours may steal from this slot now
                 elif turn.fell_back:
                     self._condition.notify_all()  # requests moved to a neighbour's queue
                 elif not turn.dropped:
                     self._condition.wait(IDLE_POLL_S)
                     continue
+            if self.running is not None:
+                self._watch.started(self.running)
             self.report(turn)
             with self._condition:
+                if self.abandoned:  # the turn is a fresh worker's now
+                    return
+                self.running = None
                 self.turn.busy = False
+
+    def _running(self, turn: Turn, now_ms: float) -> RunningBatch:
+        slot = turn.slot
+        assert slot is not None
+        work: SessionWork = slot.payload
+        executor = self.spare_executors[slot.session] if turn.stolen else work.executor
+        inputs = sum(item.size for item in turn.batch)
+        return RunningBatch(slot, turn.batch, executor, now_ms, slot.queue.latency_ms(inputs))
 
     def report(self, turn: Turn) -> None:
         """Answer the turn's drops, then run its batch (if any) and report the outcome."""
@@ -134,14 +188,54 @@ class Worker:
             return
         slot = turn.slot
         work: SessionWork = slot.payload
-        executor = self.spare_executors[slot.session] if turn.stolen else work.executor
+        assert self.running is not None, "a turn with a batch is run only after _run recorded it"
+        executor = self.running.executor
         try:
             outputs, timing = run_batch(work.spec, executor, turn.batch, self._clock)
         except Exception as error:  # an executor failure fails this batch, never the worker
-            logger.exception("backend %d: batch of %s failed", self.index, slot.session)
-            self._sink.batch_failed(slot, turn.batch, error)
+            if self.abandoned:
+                return
+            if len(turn.batch) > 1:
+                logger.warning("backend %d: batch of %s failed (%s); retrying its requests one by one",
+                               self.index, slot.session, error)  # fmt: skip
+                self._sink.batch_retried(slot, turn.batch)
+                self._retry_singly(slot, executor, turn.batch, error)
+            else:
+                logger.warning("backend %d: request of %s failed: %s", self.index, slot.session, error)
+                self._sink.batch_failed(slot, turn.batch, error)
         else:
-            self._sink.batch_done(slot, turn.batch, outputs, timing)
+            if not self.abandoned:
+                self._sink.batch_done(slot, turn.batch, outputs, timing)
+
+    def _retry_singly(self, slot: Slot, executor: Executor, items: Sequence[Item], error: BaseException) -> None:
+        """A failed batch's requests, each run alone while its deadline allows: an input that makes the
+        model raise fails only its own request, not the others batched with it."""
+        work: SessionWork = slot.payload
+        for item in items:
+            now_ms = self._clock.now_ms()
+            expected_ms = slot.queue.latency_ms(item.size)
+            if now_ms + expected_ms > item.deadline_ms:
+                self._sink.batch_failed(slot, [item], RetryTooLateError(error))
+                continue
+            self.running = RunningBatch(slot, [item], executor, now_ms, expected_ms)
+            self._watch.started(self.running)
+            try:
+                outputs, timing = run_batch(work.spec, executor, [item], self._clock)
+            except Exception as single_error:
+                if self.abandoned:
+                    return
+                self._sink.batch_failed(slot, [item], single_error)
+            else:
+                if self.abandoned:
+                    return
+                self._sink.batch_done(slot, [item], outputs, timing)
+
+
+class RetryTooLateError(Exception):
+    """A request of a failed batch that had no time left to be retried alone."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"its batch failed ({error}) and no time was left to retry it alone")
 
 
 def name_thread(name: str) -> None:

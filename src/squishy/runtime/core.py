@@ -50,11 +50,12 @@ from squishy.runtime.api import (
     ModelStatistics,
     UnavailableError,
 )
-from squishy.runtime.backend import BatchSink, BatchTiming, SessionWork, Worker
+from squishy.runtime.backend import BatchSink, BatchTiming, RunningBatch, SessionWork, Worker
 from squishy.runtime.executors import Executor, make_executor
-from squishy.runtime.repository import PLATFORM_VARIANTS, ModelRepository
+from squishy.runtime.repository import PLATFORM_VARIANTS, ModelLoadError, ModelRepository
 from squishy.runtime.stats import StatisticsBook
 from squishy.runtime.tasks import ServedTask, VariantSession, scheduler_task, task_problem
+from squishy.runtime.watchdog import HangBound, HangSink, Watchdog
 from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
 from squishy.scheduler.demand import scheduled_profile
 from squishy.scheduler.replan import replan
@@ -86,6 +87,10 @@ class ServingConfig:
     # Variants are chosen for the measured rates times this (``squishy.control.variants``).
     variant_load_margin: float = CHOICE_LOAD_MARGIN
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
+    # A request whose batch is still running at its deadline is answered then, with an error (False: late,
+    # with its result, as Triton does).
+    answer_at_deadline: bool = True
+    hang: HangBound = field(default_factory=HangBound)  # when a slot's batch counts as hung
     profile_progress: bool = False
 
     def __post_init__(self) -> None:
@@ -141,6 +146,7 @@ class _Pending:
     arrival_ms: float
     task: ServedTask | None = None
     routed: str = ""  # the session admission chose (a burst may move it to a cheaper variant)
+    answered: bool = False  # set under the core's answer lock: the watchdog and the worker may both try
 
 
 @dataclass
@@ -174,7 +180,7 @@ class _Planner:
         return replan(previous, self._workload(rates), self._profiles()).plan
 
 
-class ServingCore(BatchSink):
+class ServingCore(BatchSink, HangSink):
     """The ``ModelService`` behind ``squishy serve``."""
 
     def __init__(
@@ -200,13 +206,18 @@ class ServingCore(BatchSink):
         # One lock for every worker on this machine: queue operations are short, and sharing it lets an
         # idle worker steal a batch from a busy one.
         self.lock = threading.Condition()
-        self.workers = [Worker(i, self, self.lock, clock) for i in range(self.config.layout.slots)]
+        self.watchdog = Watchdog(
+            lambda: self.workers, self, clock, self.config.hang, answer_at_deadline=self.config.answer_at_deadline
+        )
+        self.workers = [Worker(i, self, self.lock, clock, watch=self.watchdog) for i in range(self.config.layout.slots)]
+        self._answer_lock = threading.Lock()
         self.machine = Machine([w.turn for w in self.workers])
         self._sessions: dict[str, _Session] = {}
         self._tasks: dict[str, ServedTask] = {}  # task session id → a model whose variants answer for it
         self._valid_tasks: dict[str, ServedTask] = {}  # the tasks every variant of which is ready
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
+        self._retiring: set[str] = set()  # sessions a reload replaces: serving until the new plan is in
         self._executors: dict[tuple[int, str], Executor] = {}
         self._routers: dict[str, DeficitRoundRobin[int]] = {}
         self._assignment = Assignment({}, {})
@@ -241,6 +252,7 @@ class ServingCore(BatchSink):
         if run_threads:
             for worker in self.workers:
                 worker.start()
+            self.watchdog.start()
         await self.replan("start")
         self._started = True
         if run_threads:
@@ -253,6 +265,7 @@ class ServingCore(BatchSink):
                 await self._control_task
         if self._threads:
             await asyncio.to_thread(self._stop_workers)
+            await asyncio.to_thread(self.watchdog.stop)
         for executor in self._executors.values():
             executor.close()
         self._executors.clear()
@@ -333,11 +346,16 @@ class ServingCore(BatchSink):
             self.control.record(sid, now_ms / 1000.0)
             sid = self._admit_task(task, spec)
         router = self._routers.get(sid)
-        if router is None:
-            if task is None:
+        if router is None and task is None and not request.model_version:
+            serving = self._serving_version(spec.name)  # a reload's new version is not planned yet
+            if serving is not None:
+                sid, spec = serving, self._sessions[serving].spec
+                router = self._routers.get(sid)
+        session = self._sessions.get(sid)
+        if router is None or session is None:
+            if task is None and session is not None:
                 self.control.record(sid, now_ms / 1000.0)  # traffic for a variant no task chose plans it
-            raise UnavailableError(f"model {spec.name!r} version {spec.version} is not scheduled yet; retry shortly")
-        session = self._sessions[sid]
+            raise self._not_scheduled(spec)
         arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms
         if request.timeout_us > 0:
@@ -352,6 +370,9 @@ class ServingCore(BatchSink):
             payload=_Pending(reply, request, spec, arrival_ms, task, sid),
         )
         with self.lock:
+            router = self._routers.get(sid)  # again: a new plan or the watchdog may have changed it
+            if router is None:
+                raise self._not_scheduled(spec)
             target = self._queue(sid, router, item, now_ms)
         if target is None:
             self._count_dropped(spec, [item])
@@ -361,6 +382,19 @@ class ServingCore(BatchSink):
                 f"(running it alone takes {alone_ms:.1f} ms here)"
             )
         return target
+
+    def _not_scheduled(self, spec: ModelSpec) -> UnavailableError:
+        reason = self._unschedulable.get(spec.name)
+        if reason is not None:
+            return UnavailableError(f"model {spec.name!r} is unavailable: {reason}")
+        if not self.repository.is_ready(spec.name, spec.version):
+            return UnavailableError(f"model {spec.name!r} version {spec.version} was unloaded")
+        return UnavailableError(f"model {spec.name!r} version {spec.version} is not scheduled yet; retry shortly")
+
+    def _serving_version(self, name: str) -> str | None:
+        """The newest version of model ``name`` that has slots now (the one a reload is replacing)."""
+        serving = [sid for sid, s in self._sessions.items() if s.spec.name == name and sid in self._routers]
+        return max(serving, key=lambda sid: int(self._sessions[sid].spec.version), default=None)
 
     def _admit_task(self, task: ServedTask, spec: ModelSpec) -> str:
         """The session that answers a task's request, or an error when the plan serves only part of the
@@ -403,13 +437,33 @@ class ServingCore(BatchSink):
 
     # ------------------------------------------------------------------ ModelService: repository
     async def load_model(self, name: str, config_override: str | None = None) -> None:
+        """(Re)load a model under load, losing no request: the new versions are profiled while the old
+        ones serve; requests that name no version keep going to the old ones until the plan with the new
+        ones is in; then queued requests move over. Raises ModelLoadError when no version can be served
+        (the model is then unavailable, with the reason)."""
         specs = await asyncio.to_thread(self.repository.load, name, config_override)
         self._requested.add(name)
+        made = [(spec, await self._new_session(spec)) for spec in specs]
+        previous = {sid for sid, s in self._sessions.items() if s.spec.name == name}
+        for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
+            del self._tasks[sid]
         self._unschedulable.pop(name, None)
-        self._forget_model(name)
-        for spec in specs:
-            await self._add_session(spec)
-        await self.replan("load")
+        kept: set[str] = set()
+        for spec, outcome in made:
+            if isinstance(outcome, str):
+                self._unschedulable[spec.name] = outcome
+            else:
+                kept.add(self._insert(spec, outcome))
+        self._retiring |= previous - kept
+        try:
+            await self.replan("load")
+        finally:
+            for sid in previous - kept:
+                self._retiring.discard(sid)
+                self._sessions.pop(sid, None)
+        reason = self._unschedulable.get(name)
+        if reason is not None and not kept:
+            raise ModelLoadError(f"failed to load {name!r}: {reason}")
 
     async def unload_model(self, name: str) -> None:
         await asyncio.to_thread(self.repository.unload, name)
@@ -425,24 +479,36 @@ class ServingCore(BatchSink):
             del self._tasks[sid]
 
     async def _add_session(self, spec: ModelSpec) -> None:
+        outcome = await self._new_session(spec)
+        if isinstance(outcome, str):
+            self._unschedulable[spec.name] = outcome
+        else:
+            self._insert(spec, outcome)
+
+    async def _new_session(self, spec: ModelSpec) -> _Session | ServedTask | str:
+        """The session (or task) serving ``spec``, profiled on this machine; or why it cannot be served."""
         sid = session_id(spec)
         if spec.platform == PLATFORM_VARIANTS:  # no model of its own: planned through its variants
-            self._tasks[sid] = ServedTask.from_spec(spec)
-            self.stats.ensure(spec.name, spec.version)
-            return
+            return ServedTask.from_spec(spec)
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
         except (SquishyError, OSError) as exc:
-            reason = str(exc)
-            logger.warning("model %s version %s will not be served: %s", spec.name, spec.version, reason)
-            self._unschedulable[spec.name] = reason
-            return
+            logger.warning("model %s version %s will not be served: %s", spec.name, spec.version, exc)
+            return str(exc)
         batching = spec.config.dynamic_batching if spec.config is not None else None
         levels = int(batching.priority_levels) if batching is not None else 0
         default = int(batching.default_priority_level) if batching is not None else 0
-        self._sessions[sid] = _Session(sid, spec, profile, levels, default or levels, self.config.settings)
+        return _Session(sid, spec, profile, levels, default or levels, self.config.settings)
+
+    def _insert(self, spec: ModelSpec, made: _Session | ServedTask) -> str:
+        sid = session_id(spec)
+        if isinstance(made, ServedTask):
+            self._tasks[sid] = made
+        else:
+            self._sessions[sid] = made
         self.stats.ensure(spec.name, spec.version)
+        return sid
 
     def _scheduling_profile(self, spec: ModelSpec) -> Profile:
         return scheduling_profile(self.repository, spec, self.config)
@@ -479,7 +545,11 @@ class ServingCore(BatchSink):
         self.control.chooser = self._chooser if self._valid_tasks else None
         variants = self._variant_models()
         measured = measured if measured is not None else self.control.measured(now_s)
-        keys = [sid for sid, s in self._sessions.items() if s.spec.name not in variants or measured.get(sid, 0.0) > 0]
+        keys = [
+            sid
+            for sid, s in self._sessions.items()
+            if sid not in self._retiring and (s.spec.name not in variants or measured.get(sid, 0.0) > 0)
+        ]
         return keys + list(self._valid_tasks)
 
     # ---------------------------------------------------------------------------------- planning
@@ -629,13 +699,18 @@ class ServingCore(BatchSink):
         self.requests_moved += len(orphans)
         now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session
-            task = item.payload.task
+            pending: _Pending = item.payload
+            task = pending.task
             if task is not None and task.route is not None:
                 sid = str(task.route)  # or to the variant now chosen for their task
+            elif sid not in self._routers and not pending.request.model_version:
+                sid = self._serving_version(pending.spec.name) or sid  # a reload's new version takes them
+                if sid in self._sessions:
+                    pending.spec = self._sessions[sid].spec
             router = self._routers.get(sid)
             if router is None:
                 self._count_failed(item)
-                item.payload.reply(UnavailableError(f"model {item.payload.spec.name!r} was unloaded"))
+                item.payload.reply(self._not_scheduled(pending.spec))
             elif self._queue(sid, router, item, now_ms) is None:
                 self._count_dropped(item.payload.spec, [item])
                 item.payload.reply(_dropped_error(item.payload.spec))
@@ -685,6 +760,10 @@ class ServingCore(BatchSink):
         work: SessionWork = slot.payload
         spec = work.spec
         finish_ms = self.clock.now_ms()
+        claimed = self._claim(items)
+        if len(claimed) < len(items):  # the watchdog answered some at their deadline
+            kept = set(map(id, claimed))
+            outputs = [out for item, out in zip(items, outputs, strict=True) if id(item) in kept]
         queue_ns = sum(max(0, round((timing.started_ms - item.payload.arrival_ms) * 1e6)) for item in items)
         inputs = sum(item.size for item in items)
         compute_ns = timing.input_ns + timing.infer_ns + timing.output_ns
@@ -703,7 +782,7 @@ class ServingCore(BatchSink):
         if session is not None:
             session.latency.observe(inputs, timing.compute_ms)
         answers: list[tuple[Reply, InferResponse | BaseException]] = []
-        for item, output in zip(items, outputs, strict=True):
+        for item, output in zip(claimed, outputs, strict=True):
             pending: _Pending = item.payload
             called = pending.spec  # the task, when a variant answered for it
             latency_ms = finish_ms - pending.arrival_ms
@@ -720,9 +799,88 @@ class ServingCore(BatchSink):
     def batch_failed(self, slot: Slot, items: Sequence[Item], error: BaseException) -> None:
         work: SessionWork = slot.payload
         message = error if isinstance(error, InternalError) else InternalError(f"model {work.spec.name!r}: {error}")
+        self._fail(self._claim(items), message)
+
+    def batch_retried(self, slot: Slot, items: Sequence[Item]) -> None:
+        spec = slot.payload.spec
+        self.metrics.record_retry(spec.name, spec.version)
+
+    def _fail(self, items: Sequence[Item], error: BaseException) -> None:
         for item in items:
             self._count_failed(item)
-        _deliver([(item.payload.reply, message) for item in items])
+        _deliver([(item.payload.reply, error) for item in items])
+
+    def _claim(self, items: Sequence[Item]) -> list[Item]:
+        """The items nobody has answered yet, now marked answered: exactly one reply per request."""
+        with self._answer_lock:
+            fresh = [item for item in items if not item.payload.answered]
+            for item in fresh:
+                item.payload.answered = True
+        return fresh
+
+    # ----------------------------------------------------------- HangSink (the watchdog calls these)
+    def overdue(self, batch: RunningBatch, items: Sequence[Item]) -> None:
+        late = self._claim(items)
+        if not late:
+            return
+        spec = batch.slot.payload.spec
+        for item in late:
+            self._count_dropped(item.payload.spec, [item])
+        budget_ms = late[0].deadline_ms - late[0].arrival_ms
+        error = UnavailableError(
+            f"model {spec.name!r}: the request did not finish within its {budget_ms:g} ms deadline "
+            f"(its batch of {batch.inputs} was still running, predicted {batch.expected_ms:.1f} ms)"
+        )
+        _deliver([(item.payload.reply, error) for item in late])
+
+    def hung(self, worker: Worker, batch: RunningBatch, ran_ms: float, bound_ms: float) -> None:
+        """Give up on ``worker``: its thread is stuck in ``batch``. A fresh worker takes over its turn (the
+        other sessions' queues stay where they are), the model is unavailable until it is loaded again,
+        and every request for it still queued is answered now. Called from the watchdog's thread."""
+        spec: ModelSpec = batch.slot.payload.spec
+        reason = (
+            f"a batch of {batch.inputs} ran {ran_ms:.0f} ms, past {bound_ms:.0f} ms "
+            f"({self.config.hang.hang_factor:g}x its predicted {batch.expected_ms:.1f} ms); "
+            "load the model again to serve it"
+        )
+        with self.lock:
+            if worker.abandoned or self.workers[worker.index] is not worker:
+                return
+            worker.abandoned = True
+            self._unschedulable[spec.name] = reason
+            stuck = {sid for sid, s in self._sessions.items() if s.spec.name == spec.name}
+            for sid in stuck:
+                self._routers.pop(sid, None)
+            queued = [item for turn in self.machine.backends for slot in turn.slots if slot.session in stuck
+                      for item in slot.queue.drain()]  # fmt: skip
+            turn = worker.turn
+            turn.assign(
+                [slot for slot in turn.slots if slot.session not in stuck],
+                steal_budget_ms=turn.steal_budget_ms,
+                stealable=turn.stealable - stuck,
+            )
+            turn.busy = False
+            fresh = Worker(worker.index, self, self.lock, self.clock, turn=turn, watch=self.watchdog)
+            fresh.spare_executors = {sid: e for sid, e in worker.spare_executors.items() if sid not in stuck}
+            self.workers[worker.index] = fresh
+            fresh.start()
+            self.lock.notify_all()
+        logger.error("model %s is unavailable: %s", spec.name, reason)
+        self.metrics.record_hang(spec.name, spec.version)
+        cancelled = batch.executor.cancel()
+        self._fail(self._claim(batch.items), UnavailableError(f"model {spec.name!r} stopped responding: {reason}"))
+        self._fail(queued, UnavailableError(f"model {spec.name!r} is unavailable: {reason}"))
+        if not cancelled:
+            logger.warning("the run of %s cannot be stopped; its thread is left to finish on its own", spec.name)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._replan_without, spec.name)
+
+    def _replan_without(self, name: str) -> None:
+        """On the event loop, after a hang: forget the model's sessions and plan the rest again."""
+        self._forget_model(name)
+        self._unschedulable.setdefault(name, "it stopped responding")
+        task = asyncio.ensure_future(self.replan("hang"))
+        task.add_done_callback(_log_failure)
 
     def dropped(self, slot: Slot, items: Sequence[Item]) -> None:
         for item in items:
@@ -743,6 +901,11 @@ class ServingCore(BatchSink):
         spec = item.payload.spec
         self.stats.record_failure(spec.name, spec.version, round((self.clock.now_ms() - item.payload.arrival_ms) * 1e6))
         self.metrics.record_request(spec.name, spec.version, "failed")
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("re-plan failed: %s", task.exception())
 
 
 def planned_sessions(assignment: Assignment) -> set[str]:

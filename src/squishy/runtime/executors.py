@@ -62,6 +62,12 @@ class Executor(abc.ABC):
     def close(self) -> None:  # noqa: B027 - executors without resources need not override it
         """Release the model (sessions, memory); the executor must not be used afterwards."""
 
+    def cancel(self) -> bool:
+        """Ask the run in flight to stop (from another thread), as the watchdog does for a slot that hangs.
+        Returns whether this executor can stop a run at all; one that cannot (a thread cannot be killed)
+        is left to finish on its own while a fresh worker takes over its slot."""
+        return False
+
     def __enter__(self) -> Executor:
         return self
 
@@ -99,6 +105,8 @@ class OnnxRuntimeExecutor(Executor):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise in a server log
+        self._run_options = ort.RunOptions
+        self._running: Any = None  # the RunOptions of the run in flight
         try:
             self._session: Any = ort.InferenceSession(
                 str(spec.model_path), sess_options=options, providers=["CPUExecutionProvider"]
@@ -112,11 +120,25 @@ class OnnxRuntimeExecutor(Executor):
         if self._session is None:
             raise ExecutorError(f"model {self.spec.name!r}: executor is closed")
         names = self._outputs_wanted(output_names)
+        # A run's own options, so that ``cancel`` can stop exactly this run (ORT checks the flag between
+        # operators and inside Loop iterations).
+        options = self._run_options()
+        self._running = options
         try:
-            values = self._session.run(names, dict(inputs))
+            values = self._session.run(names, dict(inputs), options)
         except Exception as exc:
+            if options.terminate:
+                raise ExecutorError(f"model {self.spec.name!r}: the run was stopped (it hung)") from None
             raise ExecutorError(f"model {self.spec.name!r}: ONNX Runtime failed: {_one_line(exc)}") from None
+        finally:
+            self._running = None
         return dict(zip(names, values, strict=True))
+
+    def cancel(self) -> bool:
+        running = self._running
+        if running is not None:
+            running.terminate = True
+        return True
 
     def close(self) -> None:
         self._session = None
