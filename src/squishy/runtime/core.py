@@ -51,6 +51,7 @@ from squishy.runtime.api import (
     UnavailableError,
 )
 from squishy.runtime.backend import BatchSink, BatchTiming, RunningBatch, SessionWork, Worker
+from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, check_step_inputs, run_ensemble
 from squishy.runtime.executors import Executor, make_executor
 from squishy.runtime.repository import PLATFORM_VARIANTS, ModelLoadError, ModelRepository
 from squishy.runtime.stats import StatisticsBook
@@ -214,6 +215,7 @@ class ServingCore(BatchSink, HangSink):
         self.machine = Machine([w.turn for w in self.workers])
         self._sessions: dict[str, _Session] = {}
         self._tasks: dict[str, ServedTask] = {}  # task session id → a model whose variants answer for it
+        self._ensembles: dict[str, Ensemble] = {}  # ensemble id → its steps (each an ordinary request)
         self._valid_tasks: dict[str, ServedTask] = {}  # the tasks every variant of which is ready
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
@@ -289,6 +291,9 @@ class ServingCore(BatchSink, HangSink):
         out = []
         for state in self.repository.index():
             reason = self._unschedulable.get(state.name)
+            ensemble = self._ensembles.get(f"{state.name}:{state.version}")
+            if reason is None and ensemble is not None:
+                reason = self._ensemble_problem(ensemble, set())
             if reason is not None and state.state == "READY":
                 state = ModelState(state.name, state.version, "UNAVAILABLE", reason)
             if not ready_only or state.state == "READY":
@@ -308,6 +313,9 @@ class ServingCore(BatchSink, HangSink):
         except SquishyError:
             return False
         sid = session_id(spec)
+        ensemble = self._ensembles.get(sid)
+        if ensemble is not None:
+            return self._ensemble_problem(ensemble, set()) is None
         task = self._valid_tasks.get(sid)
         if task is not None:
             return task.route in self._routers
@@ -329,6 +337,11 @@ class ServingCore(BatchSink, HangSink):
     # ------------------------------------------------------------------------------- admission
     async def infer(self, request: InferRequest) -> InferResponse:
         assert self._loop is not None
+        if self._ensembles:
+            spec = self.model_spec(request.model_name, request.model_version)
+            ensemble = self._ensembles.get(session_id(spec))
+            if ensemble is not None:
+                return await self._infer_ensemble(ensemble, request)
         future: asyncio.Future[InferResponse] = self._loop.create_future()
         self.submit(request, _future_reply(self._loop, future))
         return await future
@@ -382,6 +395,57 @@ class ServingCore(BatchSink, HangSink):
                 f"(running it alone takes {alone_ms:.1f} ms here)"
             )
         return target
+
+    async def _infer_ensemble(self, ensemble: Ensemble, request: InferRequest) -> InferResponse:
+        spec = ensemble.spec
+        now_ms = self.clock.now_ms()
+        arrival_ms = request.arrival_ms or now_ms
+        budget_ms = spec.slo_ms if request.timeout_us <= 0 else min(spec.slo_ms, request.timeout_us / 1000.0)
+        deadline_ms = arrival_ms + budget_ms
+        outputs = [t.name for t in spec.outputs]
+        try:
+            response = await run_ensemble(
+                spec.name,
+                spec.version,
+                ensemble.steps,
+                outputs,
+                request,
+                deadline_ms,
+                self._infer_step,
+                self.clock.now_ms,
+            )
+        except BaseException:
+            self.stats.record_failure(spec.name, spec.version, round((self.clock.now_ms() - arrival_ms) * 1e6))
+            self.metrics.record_request(spec.name, spec.version, "failed")
+            raise
+        finish_ms = self.clock.now_ms()
+        self.stats.record_success(spec.name, spec.version, round((finish_ms - arrival_ms) * 1e6))
+        met = "met" if finish_ms <= deadline_ms else "late"
+        self.metrics.record_request(spec.name, spec.version, met, finish_ms - arrival_ms)
+        return response
+
+    async def _infer_step(self, step: EnsembleStep, request: InferRequest) -> InferResponse:
+        spec = self.model_spec(step.model, step.version or None)
+        check_step_inputs(request.model_name, step, spec, request.inputs)
+        return await self.infer(request)
+
+    def _ensemble_problem(self, ensemble: Ensemble, seen: set[str]) -> str | None:
+        """Why an ensemble cannot serve now (a step's model is not ready), or None."""
+        seen = seen | {ensemble.spec.name}
+        for step in ensemble.steps:
+            if step.model in seen:
+                return f"step {step.label} calls back into ensemble {step.model!r}"
+            try:
+                spec = self.model_spec(step.model, step.version or None)
+            except SquishyError as exc:
+                return f"step {step.label}: {exc}"
+            inner = self._ensembles.get(session_id(spec))
+            problem = self._ensemble_problem(inner, seen) if inner is not None else None
+            if problem is not None:
+                return f"step {step.label}: {problem}"
+            if inner is None and not self.model_ready(step.model, step.version or None):
+                return f"step {step.label}: model {step.model!r} is not ready"
+        return None
 
     def _not_scheduled(self, spec: ModelSpec) -> UnavailableError:
         reason = self._unschedulable.get(spec.name)
@@ -447,6 +511,8 @@ class ServingCore(BatchSink, HangSink):
         previous = {sid for sid, s in self._sessions.items() if s.spec.name == name}
         for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
             del self._tasks[sid]
+        for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
+            del self._ensembles[sid]
         self._unschedulable.pop(name, None)
         kept: set[str] = set()
         for spec, outcome in made:
@@ -477,6 +543,8 @@ class ServingCore(BatchSink, HangSink):
             del self._sessions[sid]
         for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
             del self._tasks[sid]
+        for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
+            del self._ensembles[sid]
 
     async def _add_session(self, spec: ModelSpec) -> None:
         outcome = await self._new_session(spec)
@@ -485,11 +553,13 @@ class ServingCore(BatchSink, HangSink):
         else:
             self._insert(spec, outcome)
 
-    async def _new_session(self, spec: ModelSpec) -> _Session | ServedTask | str:
+    async def _new_session(self, spec: ModelSpec) -> _Session | ServedTask | Ensemble | str:
         """The session (or task) serving ``spec``, profiled on this machine; or why it cannot be served."""
         sid = session_id(spec)
         if spec.platform == PLATFORM_VARIANTS:  # no model of its own: planned through its variants
             return ServedTask.from_spec(spec)
+        if spec.platform == PLATFORM_ENSEMBLE:  # no model of its own: its steps are ordinary requests
+            return Ensemble.from_spec(spec)
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
@@ -501,10 +571,12 @@ class ServingCore(BatchSink, HangSink):
         default = int(batching.default_priority_level) if batching is not None else 0
         return _Session(sid, spec, profile, levels, default or levels, self.config.settings)
 
-    def _insert(self, spec: ModelSpec, made: _Session | ServedTask) -> str:
+    def _insert(self, spec: ModelSpec, made: _Session | ServedTask | Ensemble) -> str:
         sid = session_id(spec)
         if isinstance(made, ServedTask):
             self._tasks[sid] = made
+        elif isinstance(made, Ensemble):
+            self._ensembles[sid] = made
         else:
             self._sessions[sid] = made
         self.stats.ensure(spec.name, spec.version)

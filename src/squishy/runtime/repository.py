@@ -44,6 +44,7 @@ from squishy.runtime.api import (
     ModelState,
     TensorSpec,
 )
+from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, EnsembleConfigError, ensemble_steps
 
 ModelConfig = model_config_pb2.ModelConfig
 
@@ -500,8 +501,9 @@ def read_model(
         config.name = name
         if config.backend == PLATFORM_VARIANTS and not config.platform:
             config.platform = PLATFORM_VARIANTS
-        if config.platform == PLATFORM_VARIANTS:
-            spec = _read_task(model_dir, config, default_slo_ms)
+        if config.platform in (PLATFORM_VARIANTS, PLATFORM_ENSEMBLE):
+            read = _read_task if config.platform == PLATFORM_VARIANTS else _read_ensemble
+            spec = read(model_dir, config, default_slo_ms)
             result.specs[spec.version] = spec
             result.states.append(ModelState(name, spec.version, READY))
             return result
@@ -622,6 +624,31 @@ def _read_task(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> M
         name=name,
         version="1",
         platform=PLATFORM_VARIANTS,
+        max_batch_size=int(config.max_batch_size),
+        inputs=_tensor_specs(config.input),
+        outputs=_tensor_specs(config.output),
+        slo_ms=slo_ms,
+        config=config,
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+    )
+
+
+def _read_ensemble(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> ModelSpec:
+    """A Triton ensemble: its tensors declared in full, its steps checked (the models they call are
+    checked when it is served: they may load later). Its version is its newest version directory's, as
+    Triton's (which wants one, possibly empty), or 1."""
+    name = model_dir.name
+    try:
+        ensemble_steps(config, name)
+    except EnsembleConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_declared_tensors(config)
+    slo_ms = _apply_settings(config, default_slo_ms)
+    versions = version_dirs(model_dir)
+    return ModelSpec(
+        name=name,
+        version=str(max(versions)) if versions else "1",
+        platform=PLATFORM_ENSEMBLE,
         max_batch_size=int(config.max_batch_size),
         inputs=_tensor_specs(config.input),
         outputs=_tensor_specs(config.output),
