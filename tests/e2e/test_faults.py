@@ -20,12 +20,14 @@ from squishy.bench.launch import ServerProcess, start_squishy
 from squishy.examples import build_examples
 
 from .faulty import HANG, TABLE, WIDTH, faulty_onnx, write_model
-from .test_load import counter_sum
+from .test_load import counter_sum, plan_batches
 
 pytestmark = pytest.mark.e2e
 
 FAULTY_SLO_MS = 200.0
-CLIENT_TIMEOUT_S = 10.0  # far beyond every deadline here: a request that takes it has hung
+BUSY_TRIPS = 3000.0  # loop iterations: a few ms a batch here, far from a hang and within every SLO
+CLIENT_TIMEOUT_S = 10.0
+OTHERS_LATE_SHARE = 0.01  # far beyond every deadline here: a request that takes it has hung
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(built: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     repository = tmp_path / "repository"
     shutil.copytree(built, repository, ignore=shutil.ignore_patterns("spare"))
-    with start_squishy(repository, ["--model-control", "explicit"]) as running:
+    with start_squishy(repository, ["--model-control", "explicit", "--epoch-s", "1"]) as running:
         running.repository = repository  # type: ignore[attr-defined]
         yield running
 
@@ -83,35 +85,68 @@ def client_for(server: ServerProcess) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.http_url, timeout=CLIENT_TIMEOUT_S, limits=limits)
 
 
-def all_served(replies: list[Reply]) -> bool:
-    return all(r.status == 200 for r in replies) and all(
-        np.allclose(r.body["outputs"][0]["data"], np.asarray(rows(1)).ravel() * 2) for r in replies
+def all_served(replies: list[Reply], late_share: float = 0.0) -> bool:
+    """Every reply a result; ``late_share``: at most that share may be deadline refusals (503), which a
+    machine shared with other work can cause at a 50 ms SLO, whatever the fault."""
+    failed = [(r.status, r.body.get("error"), round(r.took_s * 1000)) for r in replies if r.status != 200]
+    late = [f for f in failed if f[0] == 503 and "deadline" in str(f[1])]
+    assert len(failed) == len(late) and len(late) <= late_share * len(replies), (
+        f"{len(failed)} of {len(replies)} failed, e.g. {failed[:3]}"
     )
+    served = [r for r in replies if r.status == 200]
+    return all(np.allclose(r.body["outputs"][0]["data"], np.asarray(rows(1)).ravel() * 2) for r in served)
 
 
 def states(server: ServerProcess) -> dict[str, dict]:
     return {m["name"]: m for m in httpx.post(f"{server.http_url}/v2/repository/index", json={}).json()}
 
 
-def test_an_input_that_makes_the_model_raise_fails_only_its_own_request(server: ServerProcess) -> None:
-    async def scenario() -> tuple[list[Reply], list[Reply], list[Reply]]:
-        async with client_for(server) as client:
-            # Many at once, so that bad and good requests share batches.
-            good = [infer(client, "faulty", rows(1, column0=float(i % 8))) for i in range(60)]
-            bad = [infer(client, "faulty", rows(1, column0=99.0)) for _ in range(6)]
-            others = steady(client, "double", 100.0, 2.0)
-            replies = await asyncio.gather(*good, *bad, others)
-            return list(replies[:60]), list(replies[60:66]), replies[66]  # type: ignore[return-value]
+def planned_batch(server: ServerProcess, model: str) -> float:
+    batches = [b for key, b in plan_batches(server.metrics()).items() if f'model="{model}"' in key]
+    return max(batches, default=0.0)
 
-    good, bad, others = asyncio.run(scenario())
-    assert [r.status for r in bad] == [500] * 6
+
+def test_an_input_that_makes_the_model_raise_fails_only_its_own_request(server: ServerProcess) -> None:
+    def retries() -> float:
+        return counter_sum(server.metrics(), "squishy_batch_retries_total", model="faulty")
+
+    async def burst(client: httpx.AsyncClient) -> list[tuple[float, Reply]]:
+        """66 requests at once, a bad one in eleven, each looping ``BUSY_TRIPS`` times: every batch then takes
+        a few ms, so requests queue behind each other and bad ones share batches with good ones."""
+        column0 = [99.0 if i % 11 == 5 else float(i % 8) for i in range(66)]
+        # Open a connection per request first: new connections would trickle in too slowly to queue.
+        warm = await asyncio.gather(*(infer(client, "faulty", rows(1)) for _ in column0))
+        assert {r.status for r in warm} == {200}
+        replies = await asyncio.gather(*(infer(client, "faulty", rows(1, c, BUSY_TRIPS)) for c in column0))
+        return list(zip(column0, replies, strict=True))
+
+    async def scenario() -> tuple[list[tuple[float, Reply]], list[Reply]]:
+        async with client_for(server) as client:
+            others = asyncio.create_task(steady(client, "double", 100.0, 8.0))
+            # Load enough that the plan gives the model batches of several requests.
+            for _ in range(10):
+                await steady(client, "faulty", 400.0, 1.0)
+                if planned_batch(server, "faulty") >= 4:
+                    break
+            assert planned_batch(server, "faulty") >= 4
+            sent: list[tuple[float, Reply]] = []
+            for _ in range(5):  # until a bad request has shared a batch (the retry counter says so)
+                sent += await burst(client)
+                if retries() >= 1:
+                    break
+            return sent, await others
+
+    sent, others = asyncio.run(scenario())
+    bad = [reply for column0, reply in sent if column0 >= 16]
+    good = [(column0, reply) for column0, reply in sent if column0 < 16]
+    assert {r.status for r in bad} == {500}
     assert all("indices element out of data bounds" in r.body["error"] for r in bad), bad[0].body
-    assert [r.status for r in good] == [200] * 60
-    for i, reply in enumerate(good):
-        assert np.allclose(reply.body["outputs"][0]["data"], np.asarray(rows(1, column0=float(i % 8))).ravel() * 2)
-    assert all_served(others)
+    assert [r.status for _, r in good] == [200] * len(good)
+    for column0, reply in good:
+        assert np.allclose(reply.body["outputs"][0]["data"], np.asarray(rows(1, column0, BUSY_TRIPS)).ravel() * 2)
+    assert all_served(others, OTHERS_LATE_SHARE)
     # The good requests passed because their batches were retried one by one, not because none was shared.
-    assert counter_sum(server.metrics(), "squishy_batch_retries_total", model="faulty") >= 1
+    assert retries() >= 1
 
 
 def test_a_model_that_hangs_is_given_up_on_while_the_others_keep_serving(server: ServerProcess) -> None:
@@ -132,7 +167,7 @@ def test_a_model_that_hangs_is_given_up_on_while_the_others_keep_serving(server:
     assert state["state"] == "UNAVAILABLE" and "load the model again" in state["reason"], state
     for reply in after:
         assert reply.status in (400, 503) and "faulty" in reply.body["error"], reply
-    assert all_served(others), [r for r in others if r.status != 200][:3]
+    assert all_served(others, OTHERS_LATE_SHARE), [r for r in others if r.status != 200][:3]
     assert counter_sum(server.metrics(), "squishy_hung_batches_total", model="faulty") == 1
     # Loading it again serves it again.
     assert httpx.post(f"{server.http_url}/v2/repository/models/faulty/load", json={}).status_code == 200
@@ -165,7 +200,7 @@ def test_a_load_that_fails_halfway_is_one_clear_error_and_the_others_keep_servin
     assert state["state"] == "UNAVAILABLE" and state["reason"], state
     reply = asyncio.run(_one(server, "broken"))
     assert reply.status in (400, 503) and "broken" in reply.body["error"], reply
-    assert all_served(others)
+    assert all_served(others, OTHERS_LATE_SHARE)
     assert httpx.get(f"{server.http_url}/v2/models/faulty/ready").status_code == 200
 
 
@@ -186,7 +221,7 @@ def test_unloading_under_load_answers_every_request_once(server: ServerProcess) 
     assert served and refused  # it served before the unload and refused after
     assert all("faulty" in r.body["error"] for r in refused)
     assert all(r.took_s < 1.0 for r in refused)
-    assert all_served(others)
+    assert all_served(others, OTHERS_LATE_SHARE)
 
 
 def test_loading_a_new_version_under_load_loses_no_request(server: ServerProcess) -> None:
