@@ -14,7 +14,6 @@ finish in what is left is refused at once instead of running late.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -129,10 +128,11 @@ async def run_ensemble(
     request: InferRequest,
     deadline_ms: float,
     infer: Infer,
-    now_ms: Callable[[], float] = lambda: time.monotonic() * 1000.0,
+    now_ms: Callable[[], float],
 ) -> InferResponse:
     """Run one ensemble request: each wave of steps concurrently, each step with what is left of the
-    deadline. A failing step fails the request with that step's error (its status kept), named."""
+    deadline (``now_ms``: the serving clock). A failing step fails the request with that step's error
+    (its status kept), named."""
     tensors: dict[str, np.ndarray] = dict(request.inputs)
     for wave in _order(steps, list(request.inputs), name):
         left_ms = deadline_ms - now_ms()
