@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else model.with_name(f"{model.stem}.profile.json")
     write_profile(profile, out)
     print(render(profile))
+    if profile.extra.get("disturbed"):
+        print(
+            f"warning: other work on this machine disturbed the measurement ({profile.extra['disturbed']}); "
+            f'the file says "disturbed": measure again on a quiet machine',
+            file=sys.stderr,
+        )
     # What the scheduler will make of it when it loads the file.
     for change in Profile.from_dict(profile.to_dict()).changes:
         print(f"note: when loaded, {change}")
