@@ -172,7 +172,8 @@ class _Planner:
         )
 
     def _profiles(self) -> dict[str, Profile]:
-        return {sid: s.profile for sid, s in self.core._sessions.items()}
+        # ℓ(b) scaled by the slowdown observed while serving: the plan follows the machine as it is.
+        return {sid: s.planning_profile() for sid, s in self.core._sessions.items()}
 
     def fresh(self, rates: Mapping[Hashable, float]) -> Plan:
         return make_plan(self._workload(rates), self._profiles())

@@ -282,7 +282,7 @@ class _SimPlanner:
         system = self.simulation.system
         return make_plan(
             self._workload(rates),
-            self.simulation.planning,
+            self.simulation.observed_planning(),
             policy=system.policy,
             prefix_batching=system.prefix_batching,
             query_analysis=system.query_analysis,
@@ -291,7 +291,7 @@ class _SimPlanner:
     def incremental(self, previous: Plan, rates: Mapping[Hashable, float]) -> Plan:
         if self.simulation.system.policy != "squishy":
             return self.fresh(rates)
-        return replan(previous, self._workload(rates), self.simulation.planning).plan
+        return replan(previous, self._workload(rates), self.simulation.observed_planning()).plan
 
 
 class _SimChooser:
@@ -315,12 +315,7 @@ class _SimChooser:
     def _profiles(self) -> dict[str, Profile]:
         """Each session's planning profile, scaled by the slowdown its backends observed (as the server's)."""
         sim = self.simulation
-        sessions = [*sim.workload.sessions, *sim.variant_sessions.values()]
-        observed = {}
-        for session in sessions:
-            latency = sim._latency_models.get(session.key)
-            slowdown = latency.slowdown if latency is not None else 1.0
-            observed[session.model] = observed_profile(sim.planning[session.model], slowdown, sim.workload.settings)
+        observed = sim.observed_planning()
         return {**observed, **{name: observed[sim.workload.sessions[i].model] for name, i in self.plain.items()}}
 
     def choose(self, rates: Mapping[Hashable, float], capacity: int | None) -> Choice:
@@ -343,6 +338,17 @@ class _SimChooser:
 
 
 class Simulation:
+    def observed_planning(self) -> dict[str, Profile]:
+        """The planning profiles, each session's scaled by the slowdown its backends observed: the plan
+        follows the machine as it runs, as the server's does (``ServingCore``'s planner)."""
+        sessions = [*self.workload.sessions, *self.variant_sessions.values()]
+        observed = dict(self.planning)
+        for session in sessions:
+            latency = self._latency_models.get(session.key)
+            slowdown = latency.slowdown if latency is not None else 1.0
+            observed[session.model] = observed_profile(self.planning[session.model], slowdown, self.workload.settings)
+        return observed
+
     def __init__(
         self,
         workload: Workload,
