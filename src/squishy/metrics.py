@@ -32,6 +32,7 @@ squishy's own:
   ``squishy_slo_met_total``, ``squishy_slo_late_total``, ``squishy_dropped_total`` ``{model,version}``
   ``squishy_request_latency_ms{model,version}``  histogram of end-to-end latency of completed requests
   ``squishy_door_shed_total{model,version,reason}``  requests shed at the front door (deadline, queue)
+  ``squishy_observed_slowdown{model,version}``  (gauge) observed ÷ profiled batch latency, smoothed
   ``squishy_batch_retries_total{model,version}``  failed batches whose requests were retried one by one
   ``squishy_hung_batches_total{model,version}``  batches the watchdog gave up on (the model is then
       unavailable until it is loaded again)
@@ -235,6 +236,13 @@ class ServerMetrics:
             ("model", "version", "reason"),
             registry=self.registry,
         )
+        self._slowdown = Gauge(
+            "squishy_observed_slowdown",
+            "Observed ÷ profiled batch latency, smoothed: early drop scales ℓ(b) by it, the planner by the "
+            "share of it beyond the profile margin",
+            mv,
+            registry=self.registry,
+        )
         self._retries = Counter(
             "squishy_batch_retries",
             "Batches that failed and whose requests were then run one by one",
@@ -352,6 +360,9 @@ class ServerMetrics:
         """A request shed at the door (never reached the core): a Triton REJECTED failure too."""
         self._shed.labels(model, version, reason).inc()
         self._triton.inc("nv_inference_request_failure", (model, version, "REJECTED"), 1)
+
+    def set_slowdown(self, model: str, version: str, slowdown: float) -> None:
+        self._slowdown.labels(model, version).set(slowdown)
 
     def record_retry(self, model: str, version: str) -> None:
         self._retries.labels(model, version).inc()

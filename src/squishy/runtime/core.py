@@ -654,6 +654,8 @@ class ServingCore(BatchSink, HangSink):
             {SessionKey(sid, s.spec.slo_ms): measured.get(sid, 0.0) for sid, s in self._sessions.items()},
             labels=self._labels(),
         )
+        for session in self._sessions.values():
+            self.metrics.set_slowdown(session.spec.name, session.spec.version, session.latency.slowdown)
         if not self._sessions:
             return None
         return self.control.decide(now_s, self._plan_keys(now_s, measured))
