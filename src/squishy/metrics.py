@@ -33,6 +33,7 @@ squishy's own:
   ``squishy_request_latency_ms{model,version}``  histogram of end-to-end latency of completed requests
   ``squishy_door_shed_total{model,version,reason}``  requests shed at the front door (deadline, queue)
   ``squishy_observed_slowdown{model,version}``  (gauge) observed ÷ profiled batch latency, smoothed
+  ``squishy_application_fan_out{application,parent,child}``  (gauge) measured γ of an application's edge
   ``squishy_batch_retries_total{model,version}``  failed batches whose requests were retried one by one
   ``squishy_hung_batches_total{model,version}``  batches the watchdog gave up on (the model is then
       unavailable until it is loaded again)
@@ -243,6 +244,12 @@ class ServerMetrics:
             mv,
             registry=self.registry,
         )
+        self._fan_out = Gauge(
+            "squishy_application_fan_out",
+            "Calls to the child model per call to the parent, along an application's declared call tree",
+            ("application", "parent", "child"),
+            registry=self.registry,
+        )
         self._retries = Counter(
             "squishy_batch_retries",
             "Batches that failed and whose requests were then run one by one",
@@ -363,6 +370,9 @@ class ServerMetrics:
 
     def set_slowdown(self, model: str, version: str, slowdown: float) -> None:
         self._slowdown.labels(model, version).set(slowdown)
+
+    def set_fan_out(self, application: str, parent: str, child: str, gamma: float) -> None:
+        self._fan_out.labels(application, parent, child).set(gamma)
 
     def record_retry(self, model: str, version: str) -> None:
         self._retries.labels(model, version).inc()

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +50,10 @@ from squishy.runtime.api import (
     ModelStatistics,
     UnavailableError,
 )
+from squishy.runtime.application import PLATFORM_APPLICATION, Application, ApplicationLoadError
 from squishy.runtime.backend import BatchSink, BatchTiming, RunningBatch, SessionWork, Worker
-from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, check_step_inputs, run_ensemble
+from squishy.runtime.calls import check_call_inputs
+from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, run_ensemble
 from squishy.runtime.executors import Executor, make_executor
 from squishy.runtime.repository import PLATFORM_VARIANTS, ModelLoadError, ModelRepository
 from squishy.runtime.stats import StatisticsBook
@@ -70,6 +72,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_HEADROOM = 2.0
 
 Reply = Callable[[InferResponse | BaseException], None]
+_Runner = Callable[[InferRequest, float], Awaitable[InferResponse]]  # a composite model's answer, by a deadline
 VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model that answered a task's request
 
 
@@ -217,6 +220,7 @@ class ServingCore(BatchSink, HangSink):
         self._sessions: dict[str, _Session] = {}
         self._tasks: dict[str, ServedTask] = {}  # task session id → a model whose variants answer for it
         self._ensembles: dict[str, Ensemble] = {}  # ensemble id → its steps (each an ordinary request)
+        self._applications: dict[str, Application] = {}  # application id → its loaded module
         self._valid_tasks: dict[str, ServedTask] = {}  # the tasks every variant of which is ready
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
@@ -317,6 +321,8 @@ class ServingCore(BatchSink, HangSink):
         ensemble = self._ensembles.get(sid)
         if ensemble is not None:
             return self._ensemble_problem(ensemble, set()) is None
+        if sid in self._applications:
+            return True  # what it calls is known only when it calls: each call says if it is not ready
         task = self._valid_tasks.get(sid)
         if task is not None:
             return task.route in self._routers
@@ -338,11 +344,14 @@ class ServingCore(BatchSink, HangSink):
     # ------------------------------------------------------------------------------- admission
     async def infer(self, request: InferRequest) -> InferResponse:
         assert self._loop is not None
-        if self._ensembles:
+        if self._ensembles or self._applications:
             spec = self.model_spec(request.model_name, request.model_version)
             ensemble = self._ensembles.get(session_id(spec))
             if ensemble is not None:
-                return await self._infer_ensemble(ensemble, request)
+                return await self._infer_composite(spec, request, self._ensemble_runner(ensemble))
+            application = self._applications.get(session_id(spec))
+            if application is not None:
+                return await self._infer_composite(spec, request, self._application_runner(application))
         future: asyncio.Future[InferResponse] = self._loop.create_future()
         self.submit(request, _future_reply(self._loop, future))
         return await future
@@ -397,24 +406,15 @@ class ServingCore(BatchSink, HangSink):
             )
         return target
 
-    async def _infer_ensemble(self, ensemble: Ensemble, request: InferRequest) -> InferResponse:
-        spec = ensemble.spec
+    async def _infer_composite(self, spec: ModelSpec, request: InferRequest, runner: _Runner) -> InferResponse:
+        """A model made of calls to models (an ensemble, an application): one end-to-end deadline, the
+        same statistics and metrics as any model."""
         now_ms = self.clock.now_ms()
         arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms if request.timeout_us <= 0 else min(spec.slo_ms, request.timeout_us / 1000.0)
         deadline_ms = arrival_ms + budget_ms
-        outputs = [t.name for t in spec.outputs]
         try:
-            response = await run_ensemble(
-                spec.name,
-                spec.version,
-                ensemble.steps,
-                outputs,
-                request,
-                deadline_ms,
-                self._infer_step,
-                self.clock.now_ms,
-            )
+            response = await runner(request, deadline_ms)
         except BaseException:
             self.stats.record_failure(spec.name, spec.version, round((self.clock.now_ms() - arrival_ms) * 1e6))
             self.metrics.record_request(spec.name, spec.version, "failed")
@@ -425,10 +425,34 @@ class ServingCore(BatchSink, HangSink):
         self.metrics.record_request(spec.name, spec.version, met, finish_ms - arrival_ms)
         return response
 
-    async def _infer_step(self, step: EnsembleStep, request: InferRequest) -> InferResponse:
-        spec = self.model_spec(step.model, step.version or None)
-        check_step_inputs(request.model_name, step, spec, request.inputs)
-        return await self.infer(request)
+    def _ensemble_runner(self, ensemble: Ensemble) -> _Runner:
+        spec = ensemble.spec
+        outputs = [t.name for t in spec.outputs]
+
+        async def step(step: EnsembleStep, request: InferRequest) -> InferResponse:
+            called = self.model_spec(step.model, step.version or None)
+            check_call_inputs(called, request.inputs, f"ensemble {spec.name!r}, step {step.label}")
+            return await self.infer(request)
+
+        def run(request: InferRequest, deadline_ms: float) -> Awaitable[InferResponse]:
+            return run_ensemble(
+                spec.name, spec.version, ensemble.steps, outputs, request, deadline_ms, step, self.clock.now_ms
+            )
+
+        return run
+
+    def _application_runner(self, application: Application) -> _Runner:
+        where = f"application {application.spec.name!r}"
+
+        async def call(request: InferRequest) -> InferResponse:
+            called = self.model_spec(request.model_name, request.model_version)
+            check_call_inputs(called, request.inputs, f"{where}, call to {request.model_name!r}")
+            return await self.infer(request)
+
+        def run(request: InferRequest, deadline_ms: float) -> Awaitable[InferResponse]:
+            return application.run(request, deadline_ms, call, self.clock.now_ms)
+
+        return run
 
     def _ensemble_problem(self, ensemble: Ensemble, seen: set[str]) -> str | None:
         """Why an ensemble cannot serve now (a step's model is not ready), or None."""
@@ -514,6 +538,8 @@ class ServingCore(BatchSink, HangSink):
             del self._tasks[sid]
         for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
             del self._ensembles[sid]
+        for sid in [sid for sid, a in self._applications.items() if a.spec.name == name]:
+            del self._applications[sid]
         self._unschedulable.pop(name, None)
         kept: set[str] = set()
         for spec, outcome in made:
@@ -546,6 +572,8 @@ class ServingCore(BatchSink, HangSink):
             del self._tasks[sid]
         for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
             del self._ensembles[sid]
+        for sid in [sid for sid, a in self._applications.items() if a.spec.name == name]:
+            del self._applications[sid]
 
     async def _add_session(self, spec: ModelSpec) -> None:
         outcome = await self._new_session(spec)
@@ -554,13 +582,19 @@ class ServingCore(BatchSink, HangSink):
         else:
             self._insert(spec, outcome)
 
-    async def _new_session(self, spec: ModelSpec) -> _Session | ServedTask | Ensemble | str:
+    async def _new_session(self, spec: ModelSpec) -> _Session | ServedTask | Ensemble | Application | str:
         """The session (or task) serving ``spec``, profiled on this machine; or why it cannot be served."""
         sid = session_id(spec)
         if spec.platform == PLATFORM_VARIANTS:  # no model of its own: planned through its variants
             return ServedTask.from_spec(spec)
         if spec.platform == PLATFORM_ENSEMBLE:  # no model of its own: its steps are ordinary requests
             return Ensemble.from_spec(spec)
+        if spec.platform == PLATFORM_APPLICATION:  # code whose calls are ordinary requests
+            try:
+                return await asyncio.to_thread(Application.load, spec)
+            except ApplicationLoadError as exc:
+                logger.warning("model %s version %s will not be served: %s", spec.name, spec.version, exc)
+                return str(exc)
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
@@ -572,12 +606,14 @@ class ServingCore(BatchSink, HangSink):
         default = int(batching.default_priority_level) if batching is not None else 0
         return _Session(sid, spec, profile, levels, default or levels, self.config.settings)
 
-    def _insert(self, spec: ModelSpec, made: _Session | ServedTask | Ensemble) -> str:
+    def _insert(self, spec: ModelSpec, made: _Session | ServedTask | Ensemble | Application) -> str:
         sid = session_id(spec)
         if isinstance(made, ServedTask):
             self._tasks[sid] = made
         elif isinstance(made, Ensemble):
             self._ensembles[sid] = made
+        elif isinstance(made, Application):
+            self._applications[sid] = made
         else:
             self._sessions[sid] = made
         self.stats.ensure(spec.name, spec.version)
@@ -656,6 +692,9 @@ class ServingCore(BatchSink, HangSink):
         )
         for session in self._sessions.values():
             self.metrics.set_slowdown(session.spec.name, session.spec.version, session.latency.slowdown)
+        for application in self._applications.values():
+            for (parent, child), gamma in application.fan_out().items():
+                self.metrics.set_fan_out(application.spec.name, parent, child, gamma)
         if not self._sessions:
             return None
         return self.control.decide(now_s, self._plan_keys(now_s, measured))

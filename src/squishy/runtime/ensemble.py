@@ -20,11 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from squishy.runtime.api import (
-    DATATYPES,
     InferRequest,
     InferResponse,
     InternalError,
-    InvalidRequestError,
     ModelSpec,
     ServingError,
     UnavailableError,
@@ -171,25 +169,3 @@ def _step_error(name: str, step: EnsembleStep, error: BaseException) -> ServingE
         wrapped = type(error)(message)
         return wrapped
     return InternalError(message)
-
-
-def check_step_inputs(ensemble: str, step: EnsembleStep, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> None:
-    """What the frontend checks for a client's request, for a step's: the tensors an ensemble hands a
-    step model must be the ones it declares (an ensemble wired wrongly is the caller's error, a 400)."""
-    where = f"ensemble {ensemble!r}, step {step.label}"
-    declared = {tensor.name: tensor for tensor in spec.inputs}
-    missing = [name for name in declared if name not in inputs]
-    if missing:
-        raise InvalidRequestError(f"{where}: no tensor for input {missing[0]!r} (its input_map lacks it)")
-    for name, array in inputs.items():
-        tensor = declared.get(name)
-        if tensor is None:
-            raise InvalidRequestError(f"{where}: model {spec.name!r} has no input {name!r}")
-        dtype = DATATYPES.get(tensor.datatype)
-        if dtype is not None and tensor.datatype != "BYTES" and array.dtype != dtype:
-            raise InvalidRequestError(f"{where}: input {name!r} is {array.dtype}, the model takes {tensor.datatype}")
-        dims = array.shape[1:] if spec.max_batch_size > 0 else array.shape
-        if len(dims) != len(tensor.dims) or any(d not in (-1, n) for d, n in zip(tensor.dims, dims, strict=True)):
-            raise InvalidRequestError(
-                f"{where}: input {name!r} has shape {list(array.shape)}, the model takes {list(tensor.dims)}"
-            )

@@ -44,6 +44,7 @@ from squishy.runtime.api import (
     ModelState,
     TensorSpec,
 )
+from squishy.runtime.application import APPLICATION_FILENAME, PLATFORM_APPLICATION
 from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, EnsembleConfigError, ensemble_steps
 
 ModelConfig = model_config_pb2.ModelConfig
@@ -69,8 +70,18 @@ PARAM_VARIANTS = "variants"
 PARAM_ACCURACY = "accuracy"
 PARAM_ACCURACY_FLOOR = "accuracy_floor"
 # Triton lets a config name a backend instead of a platform.
-BACKEND_TO_PLATFORM = {"onnxruntime": PLATFORM_ONNX, "pytorch": PLATFORM_TORCH, "tvm": PLATFORM_TVM}
-DEFAULT_MODEL_FILENAME = {PLATFORM_ONNX: "model.onnx", PLATFORM_TORCH: "model.pt", PLATFORM_TVM: "model.so"}
+BACKEND_TO_PLATFORM = {
+    "onnxruntime": PLATFORM_ONNX,
+    "pytorch": PLATFORM_TORCH,
+    "tvm": PLATFORM_TVM,
+    PLATFORM_APPLICATION: PLATFORM_APPLICATION,
+}
+DEFAULT_MODEL_FILENAME = {
+    PLATFORM_ONNX: "model.onnx",
+    PLATFORM_TORCH: "model.pt",
+    PLATFORM_TVM: "model.so",
+    PLATFORM_APPLICATION: APPLICATION_FILENAME,
+}
 # Platforms whose executors the profiler can run to measure ℓ(b) at load time.
 MEASURABLE_PLATFORMS = (PLATFORM_ONNX, PLATFORM_TVM)
 CONFIG_FILENAMES = ("config.pbtxt", "config.yaml", "config.yml")
@@ -587,6 +598,8 @@ def _platform_of_file(filename: str) -> str:
         return PLATFORM_TORCH
     if filename.endswith(".so"):
         return PLATFORM_TVM
+    if filename.endswith(".py"):
+        return PLATFORM_APPLICATION
     return PLATFORM_ONNX
 
 
