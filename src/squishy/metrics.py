@@ -34,6 +34,8 @@ squishy's own:
   ``squishy_door_shed_total{model,version,reason}``  requests shed at the front door (deadline, queue)
   ``squishy_observed_slowdown{model,version}``  (gauge) observed ÷ profiled batch latency, smoothed
   ``squishy_application_fan_out{application,parent,child}``  (gauge) measured γ of an application's edge
+  ``squishy_stage_budget_ms{composite,stage}``  (gauge) a composite stage's share of its SLO
+  ``squishy_stage_rate{composite,stage}``  (gauge) the calls/s that split was made for
   ``squishy_batch_retries_total{model,version}``  failed batches whose requests were retried one by one
   ``squishy_hung_batches_total{model,version}``  batches the watchdog gave up on (the model is then
       unavailable until it is loaded again)
@@ -250,6 +252,18 @@ class ServerMetrics:
             ("application", "parent", "child"),
             registry=self.registry,
         )
+        self._stage_budget = Gauge(
+            "squishy_stage_budget_ms",
+            "The share of a composite model's SLO its stage gets (query analysis over the measured fan-out)",
+            ("composite", "stage"),
+            registry=self.registry,
+        )
+        self._stage_rate = Gauge(
+            "squishy_stage_rate",
+            "Calls per second the split in force was made for, per stage (the composite's rate × the fan-out)",
+            ("composite", "stage"),
+            registry=self.registry,
+        )
         self._retries = Counter(
             "squishy_batch_retries",
             "Batches that failed and whose requests were then run one by one",
@@ -373,6 +387,10 @@ class ServerMetrics:
 
     def set_fan_out(self, application: str, parent: str, child: str, gamma: float) -> None:
         self._fan_out.labels(application, parent, child).set(gamma)
+
+    def set_stage_split(self, composite: str, stage: str, budget_ms: float, rate_per_s: float) -> None:
+        self._stage_budget.labels(composite, stage).set(budget_ms)
+        self._stage_rate.labels(composite, stage).set(rate_per_s)
 
     def record_retry(self, model: str, version: str) -> None:
         self._retries.labels(model, version).inc()

@@ -146,6 +146,9 @@ class InferRequest:
     timeout_us: int = 0  # Triton's reserved parameter: 0 means none; deadline = min(SLO, timeout)
     arrival_ms: float = 0.0  # the serving clock's ms (time.monotonic() × 1000) when the request was received
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    # A composite's call (ensemble step, application call): the session of its stage, whose SLO is the
+    # stage's share of the composite's. Set by the serving core, never from the wire.
+    stage: str = ""
 
     @property
     def batch_size(self) -> int:

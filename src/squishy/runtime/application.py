@@ -62,8 +62,9 @@ class Application:
     spec: ModelSpec
     execute: Callable[[dict[str, np.ndarray], Call], Awaitable[Mapping[str, Any]]]
     edges: tuple[tuple[str, str], ...]  # (parent model, child model) of the declared call tree
+    # Since the last ``roll`` (the control loop rolls once an epoch): the fan-out is what it is now.
     requests: int = 0
-    calls: dict[str, int] = field(default_factory=dict)  # model → calls made to it, over all requests
+    calls: dict[str, int] = field(default_factory=dict)  # model → calls made to it
 
     @classmethod
     def load(cls, spec: ModelSpec) -> Application:
@@ -77,9 +78,14 @@ class Application:
             )
         return cls(spec, execute, _edges(getattr(module, "CALLS", {}), spec.name))
 
+    def roll(self) -> None:
+        """Start a new measurement window."""
+        self.requests = 0
+        self.calls = {}
+
     def fan_out(self) -> dict[tuple[str, str], float]:
-        """Each declared edge's γ so far: calls to the child per call to the parent (the root's parent is
-        the application itself, called once per request)."""
+        """Each declared edge's γ in the current window: calls to the child per call to the parent (the
+        root's parent is the application itself, called once per request)."""
         out = {}
         for parent, child in self.edges:
             parent_calls = self.requests if parent == self.spec.name else self.calls.get(parent, 0)

@@ -22,7 +22,7 @@ import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from squishy.cluster import SlotLayout, slot_layout
 from squishy.cluster.assign import Assignment, assign
 from squishy.control import ControlConfig, ControlLoop, PlanDecision, PlanRequest
 from squishy.control.variants import CHOICE_LOAD_MARGIN, VariantChooser, observed_profile, slowdown_factor
-from squishy.errors import SquishyError, WorkloadError
+from squishy.errors import InfeasibleError, SquishyError, WorkloadError
 from squishy.metrics import ServerMetrics
 from squishy.profiles import Profile
 from squishy.routing import DeficitRoundRobin, pick_by_backlog
@@ -53,6 +53,7 @@ from squishy.runtime.api import (
 from squishy.runtime.application import PLATFORM_APPLICATION, Application, ApplicationLoadError
 from squishy.runtime.backend import BatchSink, BatchTiming, RunningBatch, SessionWork, Worker
 from squishy.runtime.calls import check_call_inputs
+from squishy.runtime.composite import CallStage, application_tree, below_ms, ensemble_tree
 from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, run_ensemble
 from squishy.runtime.executors import Executor, make_executor
 from squishy.runtime.repository import PLATFORM_VARIANTS, ModelLoadError, ModelRepository
@@ -61,6 +62,7 @@ from squishy.runtime.tasks import ServedTask, VariantSession, scheduler_task, ta
 from squishy.runtime.watchdog import HangBound, HangSink, Watchdog
 from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
 from squishy.scheduler.demand import scheduled_profile
+from squishy.scheduler.queries import split_tree
 from squishy.scheduler.replan import replan
 from squishy.scheduler.variants import Task
 
@@ -161,6 +163,31 @@ class _Prepared:
     assignment: Assignment
 
 
+# Every epoch's split is put in force (the stages' SLOs and deadlines follow it), but the plan is made
+# again for it only when some stage's budget moved by more than this share: the measured fan-out
+# wobbles, and a re-plan costs.
+SPLIT_HYSTERESIS = 0.05
+
+
+@dataclass
+class _Split:
+    """A composite's SLO split in force: each stage's budget, its session, and what its calls leave."""
+
+    budgets: dict[str, float]
+    below: list[float]  # per stage index: the most time the stages under it take
+    sessions: dict[int, str]  # stage index → the stage's session id
+    step_stage: dict[int, int]  # an ensemble's steps (by id) → stage index
+    model_stage: dict[str, int]  # an application's called models → stage index
+
+    def route(self, index: int | None, request: InferRequest) -> None:
+        """Point a composite's call at its stage's session, leaving the stages below it their time."""
+        if index is None or index not in self.sessions:
+            return
+        request.stage = self.sessions[index]
+        if request.timeout_us > 0:
+            request.timeout_us = max(1, request.timeout_us - int(self.below[index] * 1000.0))
+
+
 class _Planner:
     """The control loop's planner over the core's sessions (one session per model version)."""
 
@@ -221,6 +248,9 @@ class ServingCore(BatchSink, HangSink):
         self._tasks: dict[str, ServedTask] = {}  # task session id → a model whose variants answer for it
         self._ensembles: dict[str, Ensemble] = {}  # ensemble id → its steps (each an ordinary request)
         self._applications: dict[str, Application] = {}  # application id → its loaded module
+        self._splits: dict[str, _Split] = {}  # composite id → its SLO split in force (query analysis)
+        self._stage_of: dict[str, str] = {}  # a stage's session id → its composite's id
+        self._splits_due_s = 0.0
         self._valid_tasks: dict[str, ServedTask] = {}  # the tasks every variant of which is ready
         self._unschedulable: dict[str, str] = {}  # model name → why no plan can meet its SLO here
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
@@ -368,6 +398,14 @@ class ServingCore(BatchSink, HangSink):
             # The task's rate is what the chooser plans for, so it is counted before any rejection.
             self.control.record(sid, now_ms / 1000.0)
             sid = self._admit_task(task, spec)
+        counted = task is not None
+        if request.stage and not counted and request.stage in self._sessions:
+            # A composite's call: counted for its stage's session, so that the plan provisions it; served
+            # by it once the plan has it, by the model's own session until then.
+            self.control.record(request.stage, now_ms / 1000.0)
+            counted = True
+            if request.stage in self._routers:
+                sid = request.stage
         router = self._routers.get(sid)
         if router is None and task is None and not request.model_version:
             serving = self._serving_version(spec.name)  # a reload's new version is not planned yet
@@ -376,14 +414,18 @@ class ServingCore(BatchSink, HangSink):
                 router = self._routers.get(sid)
         session = self._sessions.get(sid)
         if router is None or session is None:
-            if task is None and session is not None:
+            if not counted and session is not None:
                 self.control.record(sid, now_ms / 1000.0)  # traffic for a variant no task chose plans it
             raise self._not_scheduled(spec)
         arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms
-        if request.timeout_us > 0:
+        if sid in self._stage_of and request.timeout_us > 0:
+            # A stage's call may take what its composite's deadline leaves after the stages below it:
+            # time an earlier stage did not use carries to this one.
+            budget_ms = request.timeout_us / 1000.0
+        elif request.timeout_us > 0:
             budget_ms = min(budget_ms, request.timeout_us / 1000.0)
-        if task is None:
+        if not counted:
             self.control.record(sid, now_ms / 1000.0)
         item = Item(
             deadline_ms=arrival_ms + budget_ms,
@@ -410,6 +452,7 @@ class ServingCore(BatchSink, HangSink):
         """A model made of calls to models (an ensemble, an application): one end-to-end deadline, the
         same statistics and metrics as any model."""
         now_ms = self.clock.now_ms()
+        self.control.record(session_id(spec), now_ms / 1000.0)  # query analysis splits for this rate
         arrival_ms = request.arrival_ms or now_ms
         budget_ms = spec.slo_ms if request.timeout_us <= 0 else min(spec.slo_ms, request.timeout_us / 1000.0)
         deadline_ms = arrival_ms + budget_ms
@@ -432,6 +475,9 @@ class ServingCore(BatchSink, HangSink):
         async def step(step: EnsembleStep, request: InferRequest) -> InferResponse:
             called = self.model_spec(step.model, step.version or None)
             check_call_inputs(called, request.inputs, f"ensemble {spec.name!r}, step {step.label}")
+            split = self._splits.get(session_id(spec))
+            if split is not None:
+                split.route(split.step_stage.get(id(step)), request)
             return await self.infer(request)
 
         def run(request: InferRequest, deadline_ms: float) -> Awaitable[InferResponse]:
@@ -447,6 +493,9 @@ class ServingCore(BatchSink, HangSink):
         async def call(request: InferRequest) -> InferResponse:
             called = self.model_spec(request.model_name, request.model_version)
             check_call_inputs(called, request.inputs, f"{where}, call to {request.model_name!r}")
+            split = self._splits.get(session_id(application.spec))
+            if split is not None:
+                split.route(split.model_stage.get(request.model_name), request)
             return await self.infer(request)
 
         def run(request: InferRequest, deadline_ms: float) -> Awaitable[InferResponse]:
@@ -482,7 +531,11 @@ class ServingCore(BatchSink, HangSink):
 
     def _serving_version(self, name: str) -> str | None:
         """The newest version of model ``name`` that has slots now (the one a reload is replacing)."""
-        serving = [sid for sid, s in self._sessions.items() if s.spec.name == name and sid in self._routers]
+        serving = [
+            sid
+            for sid, s in self._sessions.items()
+            if s.spec.name == name and sid in self._routers and sid not in self._stage_of
+        ]
         return max(serving, key=lambda sid: int(self._sessions[sid].spec.version), default=None)
 
     def _admit_task(self, task: ServedTask, spec: ModelSpec) -> str:
@@ -568,6 +621,12 @@ class ServingCore(BatchSink, HangSink):
     def _forget_model(self, name: str) -> None:
         for sid in [sid for sid, s in self._sessions.items() if s.spec.name == name]:
             del self._sessions[sid]
+            self._stage_of.pop(sid, None)
+        for composite in [c for c in self._splits if c.rsplit(":", 1)[0] == name]:
+            del self._splits[composite]
+        for sid in [sid for sid, composite in self._stage_of.items() if composite.rsplit(":", 1)[0] == name]:
+            self._sessions.pop(sid, None)
+            del self._stage_of[sid]
         for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
             del self._tasks[sid]
         for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
@@ -626,6 +685,8 @@ class ServingCore(BatchSink, HangSink):
         """Model name → its newest version's session (a task's variant is named by model)."""
         newest: dict[str, _Session] = {}
         for session in self._sessions.values():
+            if session.session_id in self._stage_of:
+                continue
             known = newest.get(session.spec.name)
             if known is None or int(session.spec.version) > int(known.spec.version):
                 newest[session.spec.name] = session
@@ -657,7 +718,9 @@ class ServingCore(BatchSink, HangSink):
         keys = [
             sid
             for sid, s in self._sessions.items()
-            if sid not in self._retiring and (s.spec.name not in variants or measured.get(sid, 0.0) > 0)
+            if sid not in self._retiring
+            and (s.spec.name not in variants or measured.get(sid, 0.0) > 0)
+            and (sid not in self._stage_of or measured.get(sid, 0.0) > 0)
         ]
         return keys + list(self._valid_tasks)
 
@@ -697,7 +760,106 @@ class ServingCore(BatchSink, HangSink):
                 self.metrics.set_fan_out(application.spec.name, parent, child, gamma)
         if not self._sessions:
             return None
+        if self._refresh_splits(now_s, measured):
+            return self.control.request(now_s, self._plan_keys(now_s, measured), "split")
         return self.control.decide(now_s, self._plan_keys(now_s, measured))
+
+    # ------------------------------------------------------------------------------ query analysis
+    def _refresh_splits(self, now_s: float, measured: Mapping[Hashable, float]) -> bool:
+        """Split each composite's SLO over its call tree for its measured rate and fan-out (Nexus's query
+        analysis), once an epoch, and at once for a composite with traffic and no split yet. Each stage
+        gets a session of its own with its budget as SLO. Returns whether a split changed enough that the
+        plan should follow now."""
+        trees = self._composite_trees()
+        fresh = {cid for cid in trees if cid not in self._splits and measured.get(cid, 0.0) > 0}
+        due = now_s >= self._splits_due_s
+        if not due and not fresh:
+            return False
+        if due:
+            self._splits_due_s = now_s + self.config.epoch_s
+        changed = False
+        for cid, (spec, stages, step_stage) in trees.items():
+            rate = measured.get(cid, 0.0)
+            if rate > 0 and (due or cid in fresh):
+                changed |= self._split(cid, spec, stages, step_stage, rate)
+        if due:
+            for application in self._applications.values():
+                application.roll()
+        return changed
+
+    def _composite_trees(self) -> dict[str, tuple[ModelSpec, list[CallStage], dict[int, int]]]:
+        trees: dict[str, tuple[ModelSpec, list[CallStage], dict[int, int]]] = {}
+        for cid, ensemble in self._ensembles.items():
+            stages, step_stage = ensemble_tree(ensemble)
+            trees[cid] = (ensemble.spec, stages, step_stage)
+        for cid, application in self._applications.items():
+            if application.edges and application.requests > 0:  # a window with no calls measures no γ
+                trees[cid] = (application.spec, application_tree(application), {})
+        return trees
+
+    def _split(
+        self, cid: str, spec: ModelSpec, stages: list[CallStage], step_stage: dict[int, int], rate: float
+    ) -> bool:
+        plain: list[_Session] = []
+        for stage in stages[1:]:
+            try:
+                called = self.model_spec(stage.model, stage.version or None)
+            except SquishyError:
+                return False  # a stage's model is not ready: its calls say so
+            session = self._sessions.get(session_id(called))
+            if session is None:
+                return False  # a composite calling a composite: not split (yet)
+            plain.append(session)
+        multiplier = [1.0]
+        for stage in stages[1:]:
+            multiplier.append(multiplier[stage.parent] * stage.gamma)
+        rows: list[tuple[str, int, Profile | None, float]] = [(stages[0].name, -1, None, rate)]
+        called_stages = zip(stages[1:], plain, multiplier[1:], strict=True)
+        rows += [(stage.name, stage.parent, session.profile, rate * m) for stage, session, m in called_stages]
+        try:
+            budgets = split_tree(rows, spec.slo_ms, self.config.settings)
+        except InfeasibleError:
+            logger.warning("composite %s: no split of its %g ms SLO fits its stages' profiles", spec.name, spec.slo_ms)
+            return False
+        previous = self._splits.get(cid)
+        changed = previous is None or any(
+            abs(previous.budgets.get(name, 0.0) - budget) > SPLIT_HYSTERESIS * budget
+            for name, budget in budgets.items()
+        )
+        sessions: dict[int, str] = {}
+        for index, (stage, session) in enumerate(zip(stages[1:], plain, strict=True), start=1):
+            stage_sid = f"{session.session_id}@{spec.name}/{stage.name}"
+            budget = budgets[stage.name]
+            existing = self._sessions.get(stage_sid)
+            if existing is None:
+                profile = Profile.from_dict({**session.profile.to_dict(), "model": stage_sid})
+                self._sessions[stage_sid] = _Session(
+                    stage_sid,
+                    replace(session.spec, slo_ms=budget),
+                    profile,
+                    session.priority_levels,
+                    session.default_priority,
+                    self.config.settings,
+                )
+            else:
+                existing.spec = replace(existing.spec, slo_ms=budget)
+            self._stage_of[stage_sid] = cid
+            sessions[index] = stage_sid
+            self.metrics.set_stage_split(spec.name, stage.name, budget, rate * multiplier[index])
+        self.metrics.set_stage_split(spec.name, stages[0].name, budgets[stages[0].name], rate)
+        by_model: dict[str, int] = {}
+        for index, stage in enumerate(stages[1:], start=1):
+            by_model.setdefault(stage.model, index)
+        self._splits[cid] = _Split(budgets, below_ms(stages, budgets), sessions, step_stage, by_model)
+        if changed:
+            logger.info(
+                "split of %s (%g ms at %.1f/s): %s",
+                spec.name,
+                spec.slo_ms,
+                rate,
+                ", ".join(f"{name} {budget:g} ms" for name, budget in budgets.items() if name != stages[0].name),
+            )
+        return changed
 
     def install_plan(self, plan: Plan, reason: str = "manual") -> None:
         """Run ``plan`` from now on (an operator's or a test's plan; the control loop's next re-plan starts

@@ -115,6 +115,11 @@ def _order(steps: Sequence[EnsembleStep], inputs: Sequence[str], name: str) -> l
     return waves
 
 
+def ensemble_waves(ensemble: Ensemble) -> list[list[EnsembleStep]]:
+    """The ensemble's steps in the order they run: each wave reads only what earlier waves wrote."""
+    return _order(ensemble.steps, [t.name for t in ensemble.spec.inputs], ensemble.spec.name)
+
+
 Infer = Callable[[EnsembleStep, InferRequest], Awaitable[InferResponse]]
 
 

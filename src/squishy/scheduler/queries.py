@@ -153,3 +153,34 @@ def split_query(
 
 def _depth(stage: QueryStage) -> int:
     return 1 + max((_depth(c) for c in stage.children), default=0)
+
+
+# The composite's own cost per ms of budget: it only hands tensors from one call to the next, so the DP
+# gives it the least time (one step) and the models below everything else; positive only to break ties.
+COMPOSITE_COST_PER_MS = 1e-9
+
+
+def split_tree(
+    stages: Sequence[tuple[str, int, Profile | None, float]], slo_ms: float, settings: Settings
+) -> dict[str, float]:
+    """The minimum-cost split of ``slo_ms`` over a served composite's call tree.
+
+    ``stages`` in preorder: (name, parent index, profile, rate of calls per second); the first is the
+    composite itself (profile None, parent -1). Raises InfeasibleError when no split fits the profiles.
+    """
+    from squishy.scheduler.demand import margin_ms, scheduled_profile  # demand imports this module
+
+    step = settings.query_step_ms or max(1.0, slo_ms / MAX_QUERY_STEPS)
+    built = []
+    for name, parent, profile, rate in stages:
+        if profile is None:
+            built.append(Stage(name, parent, lambda k: COMPOSITE_COST_PER_MS * k))
+            continue
+        scheduled = scheduled_profile(profile, settings)
+        margin = margin_ms(profile, settings)
+
+        def cost(k: float, profile: Profile = scheduled, margin: float = margin, rate: float = rate) -> float:
+            return stage_cost(profile, rate, k - margin)
+
+        built.append(Stage(name, parent, cost))
+    return split_budget(built, slo_ms, step)
