@@ -131,5 +131,8 @@ def test_each_stage_is_a_session_of_its_own_at_its_budget(server: ServerProcess)
     slos = set(re.findall(pattern, text, flags=re.MULTILINE))
     budgets, _ = split_in_force(server)
     rates = [line for line in text.splitlines() if line.startswith("squishy_plan_rate")]
-    assert f"{budgets['double']:g}" in slos, rates  # the stage's session, planned at the stage's budget
+    # The stage's session, planned at the stage's budget (the plan is made again when a budget moves by
+    # more than 5%, so it may have been made for a budget up to that far from the one in force).
+    near = [slo for slo in slos if abs(float(slo) - budgets["double"]) <= 0.05 * budgets["double"] + 1.0]
+    assert near and set(slos) - {"50"}, rates
     assert "50" in slos  # and the model's own session, at its own SLO, for its direct clients
