@@ -72,3 +72,9 @@ def test_the_split_is_the_cheapest_and_leaves_the_composite_one_step(gamma: floa
     found = chain_cost(cheap, costly, rates, budgets["cheap"], budgets["costly"])
     every = [chain_cost(cheap, costly, rates, k, 199.0 - k) for k in range(1, 199)]
     assert found == pytest.approx(min(every))
+
+
+def test_the_even_split_shares_what_the_composite_leaves_over_the_deepest_path() -> None:
+    cheap = profile("cheap", {"1": 2.0, "8": 4.0})
+    rows = [("app", -1, None, 10.0), ("a", 0, cheap, 10.0), ("b", 1, cheap, 10.0), ("c", 0, cheap, 10.0)]
+    assert split_tree(rows, 101.0, Settings(), even=True) == {"app": 1.0, "a": 50.0, "b": 50.0, "c": 50.0}

@@ -50,6 +50,12 @@ def add_parser(subparsers: Any) -> None:
         default=CHOICE_LOAD_MARGIN,
         help=f"tasks' variants are chosen for the measured load times this (default {CHOICE_LOAD_MARGIN:g})",
     )
+    parser.add_argument(
+        "--query-split",
+        choices=("dp", "even"),
+        default="dp",
+        help="how an ensemble's or application's SLO is split over its stages (default dp: query analysis)",
+    )
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (MB)")
     parser.add_argument(
         "--no-strict-readiness", action="store_true", help="report ready while at least one model serves"
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         strict_readiness=not args.no_strict_readiness,
         profile_progress=sys.stderr.isatty(),
         answer_at_deadline=not args.late_replies,
+        query_split=args.query_split,
         hang=HangBound(args.hang_factor, args.hang_floor_ms),
     )
     import uvloop

@@ -92,6 +92,7 @@ class ServingConfig:
     work_stealing: bool = True  # idle slots run batches of busy slots' sessions when their promises allow
     # Variants are chosen for the measured rates times this (``squishy.control.variants``).
     variant_load_margin: float = CHOICE_LOAD_MARGIN
+    query_split: str = "dp"  # how a composite's SLO is split over its stages: dp (query analysis) | even
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
     # A request whose batch is still running at its deadline is answered then, with an error (False: late,
     # with its result, as Triton does).
@@ -100,6 +101,8 @@ class ServingConfig:
     profile_progress: bool = False
 
     def __post_init__(self) -> None:
+        if self.query_split not in ("dp", "even"):
+            raise WorkloadError(f"query split must be dp or even, got {self.query_split!r}")
         if not self.variant_load_margin >= 1.0:
             raise WorkloadError(f"variant load margin must be at least 1, got {self.variant_load_margin:g}")
 
@@ -817,7 +820,7 @@ class ServingCore(BatchSink, HangSink):
         called_stages = zip(stages[1:], plain, multiplier[1:], strict=True)
         rows += [(stage.name, stage.parent, session.profile, rate * m) for stage, session, m in called_stages]
         try:
-            budgets = split_tree(rows, spec.slo_ms, self.config.settings)
+            budgets = split_tree(rows, spec.slo_ms, self.config.settings, even=self.config.query_split == "even")
         except InfeasibleError:
             logger.warning("composite %s: no split of its %g ms SLO fits its stages' profiles", spec.name, spec.slo_ms)
             return False

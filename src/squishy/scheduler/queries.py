@@ -161,16 +161,24 @@ COMPOSITE_COST_PER_MS = 1e-9
 
 
 def split_tree(
-    stages: Sequence[tuple[str, int, Profile | None, float]], slo_ms: float, settings: Settings
+    stages: Sequence[tuple[str, int, Profile | None, float]], slo_ms: float, settings: Settings, *, even: bool = False
 ) -> dict[str, float]:
     """The minimum-cost split of ``slo_ms`` over a served composite's call tree.
 
     ``stages`` in preorder: (name, parent index, profile, rate of calls per second); the first is the
     composite itself (profile None, parent -1). Raises InfeasibleError when no split fits the profiles.
+    ``even`` gives every model stage the same share of what the composite leaves, over the deepest path
+    (the batch-oblivious baseline's rule), whatever it costs.
     """
     from squishy.scheduler.demand import margin_ms, scheduled_profile  # demand imports this module
 
     step = settings.query_step_ms or max(1.0, slo_ms / MAX_QUERY_STEPS)
+    if even:
+        depth = [0] * len(stages)
+        for index, (_, parent, _, _) in enumerate(stages):
+            depth[index] = depth[parent] + 1 if parent >= 0 else 0
+        share = (slo_ms - step) / max(max(depth), 1)
+        return {name: (step if parent < 0 else share) for name, parent, _, _ in stages}
     built = []
     for name, parent, profile, rate in stages:
         if profile is None:
