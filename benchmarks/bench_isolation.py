@@ -19,16 +19,14 @@ The trivial model (``double``) makes the server process the bottleneck, which th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bench_overload import _fresh as fresh
 from squishy.bench import BenchConfig, ModelLoad, SearchSettings, run, search
-from squishy.bench.launch import start_squishy
 from squishy.examples import build_examples
 from squishy.runtime.repository import ModelRepository
 
@@ -127,15 +125,6 @@ def config(
         seed=SEED,
         max_connections=1000,
     )
-
-
-def fresh(repository: Path, door: str, protocol: str):  # type: ignore[no-untyped-def]
-    @contextlib.contextmanager
-    def fresh_server() -> Iterator[str]:
-        with start_squishy(repository, ["--executor", "onnxruntime", "--door", door]) as server:
-            yield server.http_url if protocol == "http" else server.grpc_url
-
-    return fresh_server
 
 
 if __name__ == "__main__":

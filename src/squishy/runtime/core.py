@@ -377,7 +377,9 @@ class ServingCore(BatchSink, HangSink):
     # ------------------------------------------------------------------------------- admission
     async def infer(self, request: InferRequest) -> InferResponse:
         assert self._loop is not None
-        if self._ensembles or self._applications:
+        name = request.model_name
+        # Only a composite's own requests look their spec up here; every other request's is in submit.
+        if any(c.spec.name == name for table in (self._ensembles, self._applications) for c in table.values()):
             spec = self.model_spec(request.model_name, request.model_version)
             ensemble = self._ensembles.get(session_id(spec))
             if ensemble is not None:
@@ -590,12 +592,7 @@ class ServingCore(BatchSink, HangSink):
         self._requested.add(name)
         made = [(spec, await self._new_session(spec)) for spec in specs]
         previous = {sid for sid, s in self._sessions.items() if s.spec.name == name}
-        for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
-            del self._tasks[sid]
-        for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
-            del self._ensembles[sid]
-        for sid in [sid for sid, a in self._applications.items() if a.spec.name == name]:
-            del self._applications[sid]
+        self._forget_composites(name)
         self._unschedulable.pop(name, None)
         kept: set[str] = set()
         for spec, outcome in made:
@@ -625,17 +622,19 @@ class ServingCore(BatchSink, HangSink):
         for sid in [sid for sid, s in self._sessions.items() if s.spec.name == name]:
             del self._sessions[sid]
             self._stage_of.pop(sid, None)
+        self._forget_composites(name)
+
+    def _forget_composites(self, name: str) -> None:
+        """Forget model ``name`` as a task, an ensemble or an application: its split and its stages'
+        sessions go with it (a reload splits its SLO afresh)."""
         for composite in [c for c in self._splits if c.rsplit(":", 1)[0] == name]:
             del self._splits[composite]
         for sid in [sid for sid, composite in self._stage_of.items() if composite.rsplit(":", 1)[0] == name]:
             self._sessions.pop(sid, None)
             del self._stage_of[sid]
-        for sid in [sid for sid, t in self._tasks.items() if t.spec.name == name]:
-            del self._tasks[sid]
-        for sid in [sid for sid, e in self._ensembles.items() if e.spec.name == name]:
-            del self._ensembles[sid]
-        for sid in [sid for sid, a in self._applications.items() if a.spec.name == name]:
-            del self._applications[sid]
+        for table in (self._tasks, self._ensembles, self._applications):
+            for sid in [sid for sid, made in table.items() if made.spec.name == name]:
+                del table[sid]
 
     async def _add_session(self, spec: ModelSpec) -> None:
         outcome = await self._new_session(spec)

@@ -633,17 +633,7 @@ def _read_task(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> M
     _check_declared_tensors(config)
     slo_ms = _apply_settings(config, default_slo_ms)
     config.backend = PLATFORM_VARIANTS
-    return ModelSpec(
-        name=name,
-        version="1",
-        platform=PLATFORM_VARIANTS,
-        max_batch_size=int(config.max_batch_size),
-        inputs=_tensor_specs(config.input),
-        outputs=_tensor_specs(config.output),
-        slo_ms=slo_ms,
-        config=config,
-        parameters={k: v.string_value for k, v in config.parameters.items()},
-    )
+    return _declared_spec(name, "1", PLATFORM_VARIANTS, config, slo_ms)
 
 
 def _read_ensemble(model_dir: Path, config: ModelConfig, default_slo_ms: float) -> ModelSpec:
@@ -658,10 +648,15 @@ def _read_ensemble(model_dir: Path, config: ModelConfig, default_slo_ms: float) 
     _check_declared_tensors(config)
     slo_ms = _apply_settings(config, default_slo_ms)
     versions = version_dirs(model_dir)
+    return _declared_spec(name, str(max(versions)) if versions else "1", PLATFORM_ENSEMBLE, config, slo_ms)
+
+
+def _declared_spec(name: str, version: str, platform: str, config: ModelConfig, slo_ms: float) -> ModelSpec:
+    """The spec of a model with no file of its own (a task, an ensemble): all of it from its config."""
     return ModelSpec(
         name=name,
-        version=str(max(versions)) if versions else "1",
-        platform=PLATFORM_ENSEMBLE,
+        version=version,
+        platform=platform,
         max_batch_size=int(config.max_batch_size),
         inputs=_tensor_specs(config.input),
         outputs=_tensor_specs(config.output),
