@@ -45,6 +45,8 @@ squishy's own:
   ``squishy_plan_duty_cycle_ms{backend}``, ``squishy_plan_occupancy{backend}``
   ``squishy_plan_batch{model,version,slo_ms,backend}``  batch size the plan gives a session on a backend
   ``squishy_plan_rate{model,version,slo_ms}``  requests/s the plan provisions for a session
+  ``squishy_plan_prefix_group{model,version,prefix}``  1 for each model the plan runs in a prefix group
+      (``prefix``: the shared trunk; its batches run the trunk once for all of the group's models)
   ``squishy_session_rate{model,version,slo_ms}``  measured requests/s of a session
 """
 
@@ -122,6 +124,7 @@ class _PlanSnapshot:
     occupancy: tuple[tuple[str, float], ...]
     batch: tuple[tuple[tuple[str, str, str, str], int], ...]  # ((model, version, slo_ms, backend), batch)
     rate: tuple[tuple[tuple[str, str, str], float], ...]  # ((model, version, slo_ms), requests/s)
+    prefix: tuple[tuple[tuple[str, str, str], float], ...] = ()  # ((model, version, trunk), 1)
 
 
 class _PlanCollector(Collector):
@@ -149,6 +152,12 @@ class _PlanCollector(Collector):
             "Requests/s the plan provisions for a session",
             ("model", "version", "slo_ms"),
             plan.rate,
+        )
+        yield _gauge(
+            "squishy_plan_prefix_group",
+            "1 for each model the plan runs in a prefix group (its trunk batched once for the group)",
+            ("model", "version", "prefix"),
+            plan.prefix,
         )
         yield _gauge("squishy_session_rate", "Measured requests/s of a session", ("model", "version", "slo_ms"), rates)
 
@@ -429,6 +438,7 @@ class ServerMetrics:
         serving core names sessions ``model:version``)."""
         duty, occupancy, batch = [], [], []
         rates: dict[tuple[str, str, str], float] = {}
+        prefix: dict[tuple[str, str, str], float] = {}
         for backend in plan.backends:
             backend_label = str(backend.backend_id)
             if backend.duty_cycle_ms is not None:
@@ -439,16 +449,20 @@ class ServerMetrics:
                 sessions = [(m.model, m.slo_ms, m.rate) for m in allocation.members] or [
                     (allocation.model, allocation.slo_ms, allocation.rate)
                 ]
+                trunk = self._labels(allocation.model, versions, labels)[0] if allocation.members else ""
                 for model, slo_ms, rate in sessions:
                     session = (*self._labels(model, versions, labels), _slo_label(slo_ms))
                     batch.append(((*session, backend_label), allocation.batch))
                     rates[session] = rates.get(session, 0.0) + rate
+                    if trunk:
+                        prefix[(*session[:2], trunk)] = 1.0
         self._plan.plan = _PlanSnapshot(
             backends=plan.num_backends,
             duty_cycle_ms=tuple(duty),
             occupancy=tuple(occupancy),
             batch=tuple(batch),
             rate=tuple(rates.items()),
+            prefix=tuple(prefix.items()),
         )
 
     def set_session_rates(

@@ -98,7 +98,7 @@ class VirtualServer:
     def _start(self, turn: Turn) -> None:
         assert turn.slot is not None
         work: SessionWork = turn.slot.payload
-        session = self.core._sessions[str(turn.slot.session)]
+        session = self.core._session_of(str(turn.slot.session))
         inputs = sum(item.size for item in turn.batch)
         duration = session.latency.profiled_ms(inputs) * self.factor
         now = self.clock.now_ms()
@@ -107,10 +107,12 @@ class VirtualServer:
 
     def _finish(self, turn: Turn, work: SessionWork, started_ms: float, duration_ms: float) -> None:
         finish = self.clock.now_ms()
-        executor = self._outputs.setdefault(work.spec.name, NullExecutor(work.spec))
         outputs = []
         for item in turn.batch:
             request: InferRequest = item.payload.request
+            # A prefix group's batch answers each request with its own model's outputs.
+            spec = item.payload.spec if str(turn.slot.session) in self.core._trunks else work.spec
+            executor = self._outputs.setdefault(spec.name, NullExecutor(spec))
             outputs.append(executor.run(request.inputs, request.requested_outputs))
             self._verdict[request.request_id] = "good" if finish <= item.deadline_ms else "late"
         timing = BatchTiming(started_ms, 0.0, duration_ms, 0.0)

@@ -24,6 +24,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("examples") / "repository"
     results = build_examples(root)
     assert {r.name for r in results if r.status == "built"} >= CORE_MODELS
+    assert not any(r.name.startswith("game-") for r in results)  # built only when named
     return root
 
 
@@ -96,8 +97,8 @@ def test_cli_builds_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert (tmp_path / "repo" / "smallcnn" / "1" / "model.onnx").is_file()
     assert main(["build-examples", str(tmp_path / "repo"), "--only", "nope"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "squishy: error: unknown example model 'nope' (known: digits, double, ppocr-cls, ppocr-det, ppocr-rec, "
-        "resnet18-half, smallcnn)"
+        "squishy: error: unknown example model 'nope' (known: digits, double, game-digit, game-large, "
+        "game-parity, ppocr-cls, ppocr-det, ppocr-rec, resnet18-half, smallcnn)"
     )
 
 

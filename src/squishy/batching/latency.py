@@ -9,11 +9,13 @@ model per session: every queue of the session (on every backend) reads the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from squishy.profiles import Profile
+from squishy.scheduler import Allocation, Session, Settings
+from squishy.scheduler.demand import prefix_demand
 
 # Each observed batch moves the slowdown this share of the way towards its own ratio.
 SLOWDOWN_SMOOTHING = 0.05
@@ -80,3 +82,16 @@ class LatencyModel:
 def profile_table(profile: Profile) -> np.ndarray:
     """ℓ(n) for n = 0..max_batch (index 0 is 0), each n padded to the next allowed batch size."""
     return np.array([0.0] + [profile.batch_latency_ms(n) for n in range(1, profile.max_batch + 1)])
+
+
+def prefix_group_table(allocation: Allocation, profiles: Mapping[str, Profile], max_inputs: int) -> np.ndarray:
+    """ℓ(n) for n = 0..max_inputs of a prefix group's batches, as its queue predicts them: the trunk on n
+    inputs and each member's head on its share of them at the plan's mix (the members' rate shares, as the
+    scheduler sized the group); a size beyond what the group allows keeps the last allowed one's time."""
+    sessions = [Session(m.model, m.slo_ms, m.rate) for m in allocation.members]
+    group = prefix_demand(allocation.model, sessions, profiles, Settings()).profile
+    table = np.zeros(max_inputs + 1)
+    for n in range(1, max_inputs + 1):
+        batch = group.smallest_allowed_at_least(n)
+        table[n] = group.latency_ms(batch) if batch is not None else table[n - 1]
+    return table

@@ -56,6 +56,11 @@ def add_parser(subparsers: Any) -> None:
         default="dp",
         help="how an ensemble's or application's SLO is split over its stages (default dp: query analysis)",
     )
+    parser.add_argument(
+        "--no-prefix-batching",
+        action="store_true",
+        help="serve models that declare a shared trunk (prefix_tensor) each on its own, trunk included",
+    )
     parser.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted (MB)")
     parser.add_argument(
         "--no-strict-readiness", action="store_true", help="report ready while at least one model serves"
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         profile_progress=sys.stderr.isatty(),
         answer_at_deadline=not args.late_replies,
         query_split=args.query_split,
+        prefix_batching=not args.no_prefix_batching,
         hang=HangBound(args.hang_factor, args.hang_floor_ms),
     )
     import uvloop

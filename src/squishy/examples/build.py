@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from squishy.examples import cnn, digits, ocr, trivial
+from squishy.examples import cnn, digits, game, ocr, trivial
 
 DEFAULT_SEED = 0
 VERSION = "1"
@@ -48,6 +48,7 @@ class ExampleModel:
     # What decides whether a built copy is current (package versions for shipped models).
     recipe: str = ""
     optional: str = ""  # why the model is skipped when it cannot be built here ("" for always)
+    in_default: bool = True  # False: built only when asked for by name (``only``)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ def _build_digits(seed: int) -> tuple[bytes, dict[str, str]]:
     model = digits.train_digits(seed)
     params = {"test_accuracy": f"{model.test_accuracy:.4f}", "test_samples": str(len(model.test_labels))}
     return digits.digits_onnx(model).SerializeToString(), params
+
+
+def _build_game(name: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
+    def build(seed: int) -> tuple[bytes, dict[str, str]]:
+        head = game.game_head(name, seed)
+        params = {
+            "prefix_tensor": game.PREFIX_TENSOR,
+            "test_accuracy": f"{head.test_accuracy:.4f}",
+            "test_samples": str(head.test_samples),
+        }
+        return head.model.SerializeToString(), params
+
+    return build
 
 
 def _shipped(name: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
@@ -77,6 +91,25 @@ def example_models() -> list[ExampleModel]:
     probabilities = lambda n: (Tensor("probabilities", "TYPE_FP32", (n,)),)  # noqa: E731
     ocr_recipe = f"{ocr.DISTRIBUTION}=={ocr.package_version()}"
     ocr_optional = f"needs {ocr.DISTRIBUTION} (pip install 'squishy[ocr]')"
+    game_questions = {"game-digit": "which digit", "game-parity": "even or odd", "game-large": "below 5 or not"}
+    game_models = [
+        ExampleModel(
+            name=name,
+            description=(
+                f"game-like prefix example: a ResNet-18-like trunk on digits upsampled to 3x{game.RESOLUTION}x"
+                f"{game.RESOLUTION} (random weights, shared by game-*), head trained here: {question}"
+            ),
+            slo_ms=100.0,
+            max_batch_size=16,
+            profile_batches=(1, 2, 4, 8, 16),
+            inputs=image(game.RESOLUTION),
+            outputs=probabilities(game.TASKS[name][0]),
+            build=_build_game(name),
+            recipe=f"{name} width={game.WIDTH} resolution={game.RESOLUTION} cut={game.PREFIX_TENSOR}",
+            in_default=False,
+        )
+        for name, question in game_questions.items()
+    ]
     return [
         ExampleModel(
             name="digits",
@@ -158,6 +191,7 @@ def example_models() -> list[ExampleModel]:
             recipe=ocr_recipe,
             optional=ocr_optional,
         ),
+        *game_models,
     ]
 
 
@@ -246,7 +280,8 @@ def build_model(repo: Path, model: ExampleModel, seed: int = DEFAULT_SEED, *, fo
 def build_examples(
     repo: str | Path, *, seed: int = DEFAULT_SEED, only: Sequence[str] = (), force: bool = False
 ) -> list[BuildResult]:
-    """Build the example models into ``repo`` (created if missing); ``only`` restricts to some names."""
+    """Build the example models into ``repo`` (created if missing): the default ones, or those ``only``
+    names (the game-like prefix example, ``game-*``, only when named)."""
     repo = Path(repo)
     models = example_models()
     known = {m.name for m in models}
@@ -256,7 +291,7 @@ def build_examples(
     repo.mkdir(parents=True, exist_ok=True)
     results = []
     for model in models:
-        if only and model.name not in only:
+        if (only and model.name not in only) or (not only and not model.in_default):
             continue
         if not _available(model):
             results.append(BuildResult(model.name, "skipped", model.optional))
@@ -284,7 +319,7 @@ def _readme(models: list[ExampleModel], repo: Path) -> str:
             continue
         shape = ", ".join(f"{t.name} {t.data_type.removeprefix('TYPE_')} {list(t.dims)}" for t in model.inputs)
         description = model.description
-        if model.name == "digits":
+        if model.name == "digits" or model.name.startswith("game-"):
             accuracy = _parameter(repo / model.name / "config.pbtxt", "test_accuracy")
             description += f"; test accuracy {accuracy}" if accuracy else ""
         lines.append(f"| {model.name} | {shape} | {model.slo_ms:g} | {model.max_batch_size} | {description} |")

@@ -23,6 +23,7 @@ from squishy.batching.turn import BackendTurn, Slot, Turn
 from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.runtime.api import ModelSpec
 from squishy.runtime.executors import Executor
+from squishy.runtime.prefix import PrefixExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +256,12 @@ def run_batch(
     spec: ModelSpec, executor: Executor, items: Sequence[Item], clock: Clock = SYSTEM_CLOCK
 ) -> tuple[list[dict[str, np.ndarray]], BatchTiming]:
     """Run requests as one batch (or, when their non-batch shapes differ, one batch per shape) and split
-    the outputs back per request. Each item's payload has ``request`` (an InferRequest)."""
+    the outputs back per request. Each item's payload has ``request`` (an InferRequest). A prefix group's
+    batch runs its trunk once and each member's head on its rows (``PrefixExecutor``)."""
     started_ms = clock.now_ms()
+    if isinstance(executor, PrefixExecutor):
+        outputs, (input_ms, infer_ms, output_ms) = executor.run_items(items, clock)
+        return outputs, BatchTiming(started_ms=started_ms, input_ms=input_ms, infer_ms=infer_ms, output_ms=output_ms)
     input_ms = infer_ms = output_ms = 0.0
     results: list[dict[str, np.ndarray] | None] = [None] * len(items)
     for group in _shape_groups(spec, items):

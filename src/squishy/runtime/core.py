@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from squishy.batching import DropPolicy, Item, SessionQueue
-from squishy.batching.latency import LatencyModel
+from squishy.batching.latency import LatencyModel, prefix_group_table
 from squishy.batching.turn import Machine, Slot, declare_fallbacks
 from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.cluster import SlotLayout, slot_layout
@@ -56,12 +56,21 @@ from squishy.runtime.calls import check_call_inputs
 from squishy.runtime.composite import CallStage, application_tree, below_ms, ensemble_tree
 from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, run_ensemble
 from squishy.runtime.executors import Executor, make_executor
+from squishy.runtime.prefix import (
+    PrefixCut,
+    PrefixError,
+    PrefixExecutor,
+    cut_model,
+    group_cuts,
+    head_profile,
+    prefix_tensor,
+)
 from squishy.runtime.repository import PLATFORM_VARIANTS, ModelLoadError, ModelRepository
 from squishy.runtime.stats import StatisticsBook
 from squishy.runtime.tasks import ServedTask, VariantSession, scheduler_task, task_problem
 from squishy.runtime.watchdog import HangBound, HangSink, Watchdog
-from squishy.scheduler import Allocation, Plan, Session, SessionKey, Settings, Workload, make_plan
-from squishy.scheduler.demand import scheduled_profile
+from squishy.scheduler import Allocation, Plan, PrefixGroup, Session, SessionKey, Settings, Workload, make_plan
+from squishy.scheduler.demand import allocation_profile, scheduled_profile
 from squishy.scheduler.queries import split_tree
 from squishy.scheduler.replan import replan
 from squishy.scheduler.variants import Task
@@ -93,6 +102,7 @@ class ServingConfig:
     # Variants are chosen for the measured rates times this (``squishy.control.variants``).
     variant_load_margin: float = CHOICE_LOAD_MARGIN
     query_split: str = "dp"  # how a composite's SLO is split over its stages: dp (query analysis) | even
+    prefix_batching: bool = True  # models that declare a shared trunk (prefix_tensor) run it once per batch
     strict_readiness: bool = True  # ready only when every model asked for is ready (Triton's default)
     # A request whose batch is still running at its deadline is answered then, with an error (False: late,
     # with its result, as Triton does).
@@ -128,6 +138,8 @@ class _Session:
     priority_levels: int
     default_priority: int
     settings: Settings
+    cut: PrefixCut | None = None  # the model cut at its prefix_tensor, when it declares one
+    trunk_profile: Profile | None = None  # the trunk's ℓ(b), measured here, when it has a cut
     latency: LatencyModel = field(init=False)  # ℓ(n) for early drop, with the observed slowdown
     scheduled: Profile = field(init=False)  # the profile with the scheduler's margins
 
@@ -143,6 +155,16 @@ class _Session:
         if self._planning is None or self._planning[0] != factor:
             self._planning = (factor, observed_profile(self.profile, self.latency.slowdown, self.settings))
         return self._planning[1]
+
+
+@dataclass
+class _Trunk:
+    """A prefix group (``squishy.runtime.prefix``): its trunk as a session of its own, planned with its
+    members as one, and each member's head. The trunk's latency model follows the plan's mix."""
+
+    session: _Session
+    tensor: str  # where the trunk ends
+    heads: dict[str, ModelSpec]  # member session id → the member's head
 
 
 @dataclass
@@ -199,14 +221,19 @@ class _Planner:
 
     def _workload(self, rates: Mapping[Hashable, float]) -> Workload:
         sessions = self.core._sessions
+        groups = []
+        for sid, trunk in self.core._trunks.items():
+            members = tuple(m for m in trunk.heads if m in rates)
+            if len(members) >= 2:  # a trunk only one member uses is just that model
+                groups.append(PrefixGroup(prefix=sid, models=members))
         return Workload(
             sessions=tuple(Session(str(sid), sessions[str(sid)].spec.slo_ms, rate) for sid, rate in rates.items()),
+            prefix_groups=tuple(groups),
             settings=self.core.config.settings,
         )
 
     def _profiles(self) -> dict[str, Profile]:
-        # ℓ(b) scaled by the slowdown observed while serving: the plan follows the machine as it is.
-        return {sid: s.planning_profile() for sid, s in self.core._sessions.items()}
+        return self.core.planning_profiles()
 
     def fresh(self, rates: Mapping[Hashable, float]) -> Plan:
         return make_plan(self._workload(rates), self._profiles())
@@ -259,7 +286,11 @@ class ServingCore(BatchSink, HangSink):
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
         self._retiring: set[str] = set()  # sessions a reload replaces: serving until the new plan is in
         self._executors: dict[tuple[int, str], Executor] = {}
+        # Session id → where its requests go; a prefix group's members share the group's router.
         self._routers: dict[str, DeficitRoundRobin[int]] = {}
+        self._trunks: dict[str, _Trunk] = {}  # a prefix group's session id → the group
+        self._queue_session: dict[str, str] = {}  # a member of a planned prefix group → the group's session
+        self._group_profiles: dict[tuple[Any, ...], Profile] = {}  # a group at a plan's mix → its profile
         self._assignment = Assignment({}, {})
         self._plan_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -563,6 +594,7 @@ class ServingCore(BatchSink, HangSink):
     def _queue(self, sid: str, router: DeficitRoundRobin[int], item: Item, now_ms: float) -> int | None:
         """Under the lock: the slot for ``item`` and whether it was queued (None: hopeless already)."""
         turns = self.machine.backends
+        sid = self._queue_session.get(sid, sid)  # a prefix group's member queues with its group
         target = pick_by_backlog(router, lambda slot: turns[slot].backlog(sid))
         slot = turns[target].slot(sid)
         assert slot is not None, f"session {sid} routed to slot {target}, which does not run it"
@@ -623,6 +655,7 @@ class ServingCore(BatchSink, HangSink):
             del self._sessions[sid]
             self._stage_of.pop(sid, None)
         self._forget_composites(name)
+        self._refresh_trunks()
 
     def _forget_composites(self, name: str) -> None:
         """Forget model ``name`` as a task, an ensemble or an application: its split and its stages'
@@ -659,13 +692,19 @@ class ServingCore(BatchSink, HangSink):
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
-        except (SquishyError, OSError) as exc:
+            cut = trunk_profile = None
+            if self.config.prefix_batching and prefix_tensor(spec) is not None:
+                cut = await asyncio.to_thread(cut_model, spec)
+                trunk_profile = self._trunk_profile(cut) or await asyncio.to_thread(
+                    self._scheduling_profile, cut.trunk_spec()
+                )
+        except (SquishyError, OSError, PrefixError) as exc:
             logger.warning("model %s version %s will not be served: %s", spec.name, spec.version, exc)
             return str(exc)
         batching = spec.config.dynamic_batching if spec.config is not None else None
         levels = int(batching.priority_levels) if batching is not None else 0
         default = int(batching.default_priority_level) if batching is not None else 0
-        return _Session(sid, spec, profile, levels, default or levels, self.config.settings)
+        return _Session(sid, spec, profile, levels, default or levels, self.config.settings, cut, trunk_profile)
 
     def _insert(self, spec: ModelSpec, made: _Session | ServedTask | Ensemble | Application) -> str:
         sid = session_id(spec)
@@ -677,8 +716,60 @@ class ServingCore(BatchSink, HangSink):
             self._applications[sid] = made
         else:
             self._sessions[sid] = made
+            self._refresh_trunks()
         self.stats.ensure(spec.name, spec.version)
         return sid
+
+    def _trunk_profile(self, cut: PrefixCut) -> Profile | None:
+        """The profile of the same trunk, when another session measured it already."""
+        for session in self._sessions.values():
+            known = session.cut
+            if known is not None and (known.digest, known.group_name) == (cut.digest, cut.group_name):
+                return session.trunk_profile
+        return None
+
+    def _refresh_trunks(self) -> None:
+        """The prefix groups among the sessions that declare a trunk: those whose trunks are the same graph
+        and weights (``squishy.runtime.prefix.group_cuts``). A group that keeps its members keeps its
+        trunk's observed slowdown."""
+        cuts = [s.cut for sid, s in self._sessions.items() if s.cut is not None and sid not in self._stage_of]
+        trunks: dict[str, _Trunk] = {}
+        for members in group_cuts(cuts):
+            sids = [session_id(cut.model) for cut in members]
+            spec = replace(
+                members[0].trunk_spec(),
+                max_batch_size=min(cut.model.max_batch_size for cut in members),
+                slo_ms=min(cut.model.slo_ms for cut in members),
+            )
+            sid = session_id(spec)
+            known = self._trunks.get(sid)
+            if known is not None and set(known.heads) == set(sids):
+                trunks[sid] = known
+                continue
+            profile = self._sessions[sids[0]].trunk_profile
+            assert profile is not None, "a session with a cut has its trunk's profile"
+            session = _Session(sid, spec, profile, 0, 0, self.config.settings)
+            heads = {member: cut.head_spec() for member, cut in zip(sids, members, strict=True)}
+            trunks[sid] = _Trunk(session, members[0].tensor.name, heads)
+        self._trunks = trunks
+
+    def planning_profiles(self) -> dict[str, Profile]:
+        """What the planner packs with: ℓ(b) scaled by the slowdown observed while serving (the plan
+        follows the machine as it is), every session's and every prefix group's trunk's."""
+        profiles = {sid: s.planning_profile() for sid, s in self._sessions.items()}
+        profiles.update({sid: t.session.planning_profile() for sid, t in self._trunks.items()})
+        return profiles
+
+    def _profiled(self) -> dict[str, Profile]:
+        """Every session's and trunk's profile as measured (early drop scales it by its own slowdown)."""
+        profiles = {sid: s.profile for sid, s in self._sessions.items()}
+        profiles.update({sid: t.session.profile for sid, t in self._trunks.items()})
+        return profiles
+
+    def _session_of(self, sid: str) -> _Session:
+        """A planned session: a model's, or a prefix group's trunk."""
+        session = self._sessions.get(sid)
+        return session if session is not None else self._trunks[sid].session
 
     def _scheduling_profile(self, spec: ModelSpec) -> Profile:
         return scheduling_profile(self.repository, spec, self.config)
@@ -877,7 +968,7 @@ class ServingCore(BatchSink, HangSink):
             self._assignment.backend_slot,
             len(self.workers),
             self._scheduled_latency,
-            lambda allocation: self._sessions[allocation.model].profile.max_batch,
+            lambda allocation: self._session_of(allocation.model).profile.max_batch,
         )
         self._load_executors(assignment)
         return assignment
@@ -940,13 +1031,26 @@ class ServingCore(BatchSink, HangSink):
             needed |= {(w, sid) for w in range(len(self.workers)) for _, sid in needed}
         for key in sorted(needed):
             if key not in self._executors:
-                session = self._sessions[key[1]]
-                null_profile = session.profile if self.config.executor == "null" else None
-                self._executors[key] = make_executor(session.spec, kind, threads, null_profile, self.clock)
+                self._executors[key] = self._make_executor(key[1], kind, threads)
+
+    def _make_executor(self, sid: str, kind: str, threads: int) -> Executor:
+        null = self.config.executor == "null"  # sleeps the profiled ℓ(b); null-zero does no work at all
+        trunk = self._trunks.get(sid)
+        if trunk is None:
+            session = self._sessions[sid]
+            return make_executor(session.spec, kind, threads, session.profile if null else None, self.clock)
+        trunk_profile = trunk.session.profile
+        trunk_executor = make_executor(trunk.session.spec, kind, threads, trunk_profile if null else None, self.clock)
+        heads = {}
+        for member, head in trunk.heads.items():
+            profile = head_profile(self._sessions[member].profile, trunk_profile) if null else None
+            heads[member] = make_executor(head, kind, threads, profile, self.clock)
+        return PrefixExecutor(trunk.session.spec, trunk_executor, heads, trunk.tensor, _member_of)
 
     def _install(self, plan: Plan | None, assignment: Assignment) -> int:
         """Under the lock: switch to ``plan``. Returns how many sessions landed on a slot they were not on."""
         weights: dict[str, dict[int, float]] = {}
+        queue_session: dict[str, str] = {}
         planned: set[str] = set()
         moved = 0
         orphans: list[tuple[str, Item]] = []
@@ -956,7 +1060,11 @@ class ServingCore(BatchSink, HangSink):
             slots: list[Slot] = []
             for share in slot_plan.shares if slot_plan is not None else ():
                 sid = str(share.key.model)
-                session = self._sessions[sid]
+                session = self._session_of(sid)
+                if share.allocation.members:  # a prefix group: its batches' time depends on the plan's mix
+                    size = session.profile.max_batch
+                    session.latency.retable(prefix_group_table(share.allocation, self._profiled(), size))
+                    queue_session.update({m.model: sid for m in share.allocation.members})
                 work = SessionWork(session.spec, self._executors[(index, sid)])
                 queue = SessionQueue(session.latency.latency_ms, DropPolicy.EARLY)
                 slots.append(Slot(sid, queue, share.batch, payload=work))
@@ -970,10 +1078,19 @@ class ServingCore(BatchSink, HangSink):
             worker.spare_executors = {
                 sid: self._executors[(index, sid)] for sid in stealable if (index, sid) in self._executors
             }
-            orphans.extend((str(slot.session), item) for slot in leaving for item in slot.queue.drain())
+            # A prefix group's requests go back to their own models' sessions (alone, or in a new group).
+            orphans.extend(
+                (str(slot.session) if slot.session in self._sessions else item.payload.routed, item)
+                for slot in leaving
+                for item in slot.queue.drain()
+            )
         self._routers = {
             sid: DeficitRoundRobin(list(w), list(w.values())) for sid, w in weights.items() if sum(w.values()) > 0
         }
+        self._queue_session = queue_session
+        for member, group in queue_session.items():
+            if group in self._routers:
+                self._routers[member] = self._routers[group]
         self.requests_moved += len(orphans)
         now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session
@@ -1005,8 +1122,17 @@ class ServingCore(BatchSink, HangSink):
         return moved
 
     def _scheduled_latency(self, allocation: Allocation, batch: int) -> float:
-        """ℓ(batch) as the scheduler counts it (margins included)."""
-        profile = self._sessions[allocation.model].scheduled
+        """ℓ(batch) as the scheduler counts it (margins included; a prefix group's at the plan's mix)."""
+        if allocation.members:
+            key = (allocation.model, tuple((m.model, m.slo_ms, round(m.rate, 3)) for m in allocation.members))
+            profile = self._group_profiles.get(key)
+            if profile is None:
+                if len(self._group_profiles) > 256:  # one entry per mix planned: keep the recent ones
+                    self._group_profiles.clear()
+                profile = allocation_profile(allocation, self._profiled(), self.config.settings)
+                self._group_profiles[key] = profile
+        else:
+            profile = self._sessions[allocation.model].scheduled
         return profile.batch_latency_ms(batch) if batch <= profile.max_batch else math.inf
 
     def _model_of(self, sid: str) -> str:
@@ -1014,7 +1140,9 @@ class ServingCore(BatchSink, HangSink):
         return session.spec.name if session is not None else sid
 
     def _labels(self) -> dict[str, tuple[str, str]]:
-        return {sid: (s.spec.name, s.spec.version) for sid, s in self._sessions.items()}
+        labels = {sid: (s.spec.name, s.spec.version) for sid, s in self._sessions.items()}
+        labels.update({sid: (t.session.spec.name, t.session.spec.version) for sid, t in self._trunks.items()})
+        return labels
 
     # ------------------------------------------------------------------------------ control loop
     async def _control_loop(self) -> None:
@@ -1042,21 +1170,18 @@ class ServingCore(BatchSink, HangSink):
         if len(claimed) < len(items):  # the watchdog answered some at their deadline
             kept = set(map(id, claimed))
             outputs = [out for item, out in zip(items, outputs, strict=True) if id(item) in kept]
-        queue_ns = sum(max(0, round((timing.started_ms - item.payload.arrival_ms) * 1e6)) for item in items)
         inputs = sum(item.size for item in items)
-        compute_ns = timing.input_ns + timing.infer_ns + timing.output_ns
-        self.stats.record_batch(
-            spec.name,
-            spec.version,
-            inputs=inputs,
-            requests=len(items),
-            queue_ns=queue_ns,
-            input_ns=timing.input_ns,
-            infer_ns=timing.infer_ns,
-            output_ns=timing.output_ns,
-        )
-        self.metrics.record_batch(spec.name, spec.version, inputs, queue_ns, compute_ns, requests=len(items))
-        session = self._sessions.get(str(slot.session))
+        trunk = self._trunks.get(str(slot.session))
+        if trunk is None:
+            self._record_batch(spec, items, timing, 1.0)
+        else:  # a prefix batch counts for each member, its compute shared by rows
+            by_member: dict[str, list[Item]] = {}
+            for item in items:
+                by_member.setdefault(item.payload.routed, []).append(item)
+            for member_items in by_member.values():
+                share = sum(item.size for item in member_items) / inputs
+                self._record_batch(member_items[0].payload.spec, member_items, timing, share)
+        session = self._sessions.get(str(slot.session)) or (trunk.session if trunk is not None else None)
         if session is not None:
             session.latency.observe(inputs, timing.compute_ms)
         answers: list[tuple[Reply, InferResponse | BaseException]] = []
@@ -1073,6 +1198,24 @@ class ServingCore(BatchSink, HangSink):
             response = InferResponse(called.name, called.version, output, pending.request.request_id, parameters)
             answers.append((pending.reply, response))
         _deliver(answers)
+
+    def _record_batch(self, spec: ModelSpec, items: Sequence[Item], timing: BatchTiming, share: float) -> None:
+        """Statistics and metrics of one model's batch (``share`` of its compute, for a prefix batch)."""
+        queue_ns = sum(max(0, round((timing.started_ms - item.payload.arrival_ms) * 1e6)) for item in items)
+        inputs = sum(item.size for item in items)
+        input_ns, infer_ns, output_ns = (round(n * share) for n in (timing.input_ns, timing.infer_ns, timing.output_ns))
+        self.stats.record_batch(
+            spec.name,
+            spec.version,
+            inputs=inputs,
+            requests=len(items),
+            queue_ns=queue_ns,
+            input_ns=input_ns,
+            infer_ns=infer_ns,
+            output_ns=output_ns,
+        )
+        compute_ns = input_ns + infer_ns + output_ns
+        self.metrics.record_batch(spec.name, spec.version, inputs, queue_ns, compute_ns, requests=len(items))
 
     def batch_failed(self, slot: Slot, items: Sequence[Item], error: BaseException) -> None:
         work: SessionWork = slot.payload
@@ -1116,6 +1259,9 @@ class ServingCore(BatchSink, HangSink):
         other sessions' queues stay where they are), the model is unavailable until it is loaded again,
         and every request for it still queued is answered now. Called from the watchdog's thread."""
         spec: ModelSpec = batch.slot.payload.spec
+        trunk = self._trunks.get(str(batch.slot.session))
+        # A prefix group's trunk that hangs stops every member: they all run it.
+        names = {self._sessions[m].spec.name for m in trunk.heads if m in self._sessions} if trunk else {spec.name}
         reason = (
             f"a batch of {batch.inputs} ran {ran_ms:.0f} ms, past {bound_ms:.0f} ms "
             f"({self.config.hang.hang_factor:g}x its predicted {batch.expected_ms:.1f} ms); "
@@ -1125,8 +1271,11 @@ class ServingCore(BatchSink, HangSink):
             if worker.abandoned or self.workers[worker.index] is not worker:
                 return
             worker.abandoned = True
-            self._unschedulable[spec.name] = reason
-            stuck = {sid for sid, s in self._sessions.items() if s.spec.name == spec.name}
+            for name in names:
+                self._unschedulable[name] = reason
+            stuck = {sid for sid, s in self._sessions.items() if s.spec.name in names}
+            if trunk is not None:
+                stuck.add(str(batch.slot.session))
             for sid in stuck:
                 self._routers.pop(sid, None)
             queued = [item for turn in self.machine.backends for slot in turn.slots if slot.session in stuck
@@ -1143,7 +1292,7 @@ class ServingCore(BatchSink, HangSink):
             self.workers[worker.index] = fresh
             fresh.start()
             self.lock.notify_all()
-        logger.error("model %s is unavailable: %s", spec.name, reason)
+        logger.error("model %s is unavailable: %s", ", ".join(sorted(names)), reason)
         self.metrics.record_hang(spec.name, spec.version)
         cancelled = batch.executor.cancel()
         self._fail(self._claim(batch.items), UnavailableError(f"model {spec.name!r} stopped responding: {reason}"))
@@ -1151,7 +1300,8 @@ class ServingCore(BatchSink, HangSink):
         if not cancelled:
             logger.warning("the run of %s cannot be stopped; its thread is left to finish on its own", spec.name)
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._replan_without, spec.name)
+            for name in sorted(names):
+                self._loop.call_soon_threadsafe(self._replan_without, name)
 
     def _replan_without(self, name: str) -> None:
         """On the event loop, after a hang: forget the model's sessions and plan the rest again."""
@@ -1184,6 +1334,12 @@ class ServingCore(BatchSink, HangSink):
 def _log_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("re-plan failed: %s", task.exception())
+
+
+def _member_of(item: Item) -> str:
+    """A prefix batch's request → the session of the model it called (its head)."""
+    pending: _Pending = item.payload
+    return pending.routed
 
 
 def planned_sessions(assignment: Assignment) -> set[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from squishy.errors import InfeasibleError, ProfileError, WorkloadError
 from squishy.profiles import Profile
-from squishy.scheduler.plan import Member
+from squishy.scheduler.plan import Allocation, Member
 from squishy.scheduler.queries import split_query
 from squishy.scheduler.workload import Session, SessionKey, Settings, Workload
 
@@ -215,3 +215,12 @@ def prefix_demand(prefix: str, members: list[Session], profiles: Mapping[str, Pr
         profile=host_limited(profile, per_request, settings.host_cores),
         members=tuple(Member(m.model, m.slo_ms, m.rate) for m in active),
     )
+
+
+def allocation_profile(allocation: Allocation, profiles: Mapping[str, Profile], settings: Settings) -> Profile:
+    """The profile the scheduler sized ``allocation`` with, margins included: its model's, or for a prefix
+    group the one ``prefix_demand`` synthesizes at the plan's mix (its members' rates)."""
+    if allocation.members:
+        sessions = [Session(m.model, m.slo_ms, m.rate) for m in allocation.members]
+        return prefix_demand(allocation.model, sessions, profiles, settings).profile
+    return scheduled_profile(profiles[allocation.model], settings)

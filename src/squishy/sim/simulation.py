@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from squishy.arrivals import Arrivals, RateSchedule, source_streams
-from squishy.batching.latency import LatencyModel
+from squishy.batching.latency import LatencyModel, prefix_group_table
 from squishy.batching.policies import ClipperDispatch, Dispatch, SquishyDispatch, TfServingDispatch
 from squishy.batching.queue import ArrayItems, ArraySessionQueue
 from squishy.batching.turn import BackendTurn, Slot, Turn, declare_fallbacks
@@ -37,7 +37,7 @@ from squishy.control.variants import CHOICE_LOAD_MARGIN, VariantChooser, observe
 from squishy.profiles import Profile
 from squishy.routing import DeficitRoundRobin, TaskRoute, pick_by_backlog, split_by_target
 from squishy.scheduler import Allocation, Plan, Session, Settings, Workload, make_plan
-from squishy.scheduler.demand import prefix_demand, scheduled_profile
+from squishy.scheduler.demand import allocation_profile
 from squishy.scheduler.queries import stage_names
 from squishy.scheduler.replan import replan
 from squishy.scheduler.variants import Task
@@ -564,14 +564,9 @@ class Simulation:
         key = (allocation.model, tuple((m.model, round(m.rate, 3)) for m in allocation.members))
         cached = self._table_cache.get(key)
         if cached is None:
-            sessions = [Session(m.model, m.slo_ms, m.rate) for m in allocation.members]
-            group = prefix_demand(allocation.model, sessions, self.profiles, Settings()).profile
             size = exe.max_batch
-            cached = np.zeros(size + 1)
-            for n in range(1, size + 1):
-                batch = group.smallest_allowed_at_least(n)
-                cached[n] = group.latency_ms(batch) if batch is not None else cached[n - 1]
-            cached = cached + np.arange(size + 1) * exe.device_per_request_ms
+            per_request = np.arange(size + 1) * exe.device_per_request_ms
+            cached = prefix_group_table(allocation, self.profiles, size) + per_request
             self._table_cache[key] = cached
         return cached
 
@@ -604,12 +599,7 @@ class Simulation:
         key = (allocation.model, tuple((m.model, m.slo_ms, round(m.rate, 3)) for m in allocation.members))
         cached = self._scheduled_cache.get(key)
         if cached is None:
-            settings = self.workload.settings
-            if allocation.members:
-                sessions = [Session(m.model, m.slo_ms, m.rate) for m in allocation.members]
-                cached = prefix_demand(allocation.model, sessions, self.planning, settings).profile
-            else:
-                cached = scheduled_profile(self.planning[allocation.model], settings)
+            cached = allocation_profile(allocation, self.planning, self.workload.settings)
             self._scheduled_cache[key] = cached
         return cached
 
