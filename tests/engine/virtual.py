@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from squishy.batching import Item
 from squishy.batching.turn import BackendTurn, Turn
 from squishy.clock import ManualClock
+from squishy.profiles import Profile
 from squishy.runtime.api import InferRequest, InferResponse, ServingError, UnavailableError
 from squishy.runtime.backend import BatchTiming, SessionWork
 from squishy.runtime.core import ServingCore
@@ -100,10 +102,26 @@ class VirtualServer:
         work: SessionWork = turn.slot.payload
         session = self.core._session_of(str(turn.slot.session))
         inputs = sum(item.size for item in turn.batch)
-        duration = session.latency.profiled_ms(inputs) * self.factor
+        trunk = self.core._trunks.get(str(turn.slot.session))
+        if trunk is None:
+            duration = session.latency.profiled_ms(inputs) * self.factor
+        else:
+            duration = self._prefix_batch_ms(trunk.session.profile, turn.batch) * self.factor
         now = self.clock.now_ms()
         self.batches.append((turn.backend.index, now, [item.payload.request.request_id for item in turn.batch]))
         self._at(now + duration, PRIORITY_BACKEND, self._finish, turn, work, now, duration)
+
+    def _prefix_batch_ms(self, trunk: Profile, batch: list[Item]) -> float:
+        """What a prefix group's batch takes, as a real one would: the trunk on every request, each member's
+        head (its whole model's ℓ minus the trunk's) on its own requests."""
+        counts: dict[str, int] = {}
+        for item in batch:
+            counts[item.payload.routed] = counts.get(item.payload.routed, 0) + 1
+        total = trunk.batch_latency_ms(len(batch))
+        for member, count in counts.items():
+            whole = self.core._sessions[member].profile
+            total += max(0.0, whole.batch_latency_ms(count) - trunk.batch_latency_ms(count))
+        return total
 
     def _finish(self, turn: Turn, work: SessionWork, started_ms: float, duration_ms: float) -> None:
         finish = self.clock.now_ms()

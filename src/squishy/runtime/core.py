@@ -286,7 +286,7 @@ class ServingCore(BatchSink, HangSink):
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
         self._retiring: set[str] = set()  # sessions a reload replaces: serving until the new plan is in
         self._executors: dict[tuple[int, str], Executor] = {}
-        # Session id → where its requests go; a prefix group's members share the group's router.
+        # Session id → where its requests go (a prefix group's members each by their own rates in it).
         self._routers: dict[str, DeficitRoundRobin[int]] = {}
         self._trunks: dict[str, _Trunk] = {}  # a prefix group's session id → the group
         self._queue_session: dict[str, str] = {}  # a member of a planned prefix group → the group's session
@@ -1088,9 +1088,12 @@ class ServingCore(BatchSink, HangSink):
             sid: DeficitRoundRobin(list(w), list(w.values())) for sid, w in weights.items() if sum(w.values()) > 0
         }
         self._queue_session = queue_session
-        for member, group in queue_session.items():
-            if group in self._routers:
-                self._routers[member] = self._routers[group]
+        for member in queue_session:  # each member routed by its own rates in the group (as the plan says)
+            member_weights: dict[int, float] = {}
+            for slot_index, _, rate in assignment.routes(plan, member) if plan is not None else ():
+                member_weights[slot_index] = member_weights.get(slot_index, 0.0) + rate
+            if sum(member_weights.values()) > 0:
+                self._routers[member] = DeficitRoundRobin(list(member_weights), list(member_weights.values()))
         self.requests_moved += len(orphans)
         now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session

@@ -347,6 +347,12 @@ class Simulation:
             latency = self._latency_models.get(session.key)
             slowdown = latency.slowdown if latency is not None else 1.0
             observed[session.model] = observed_profile(self.planning[session.model], slowdown, self.workload.settings)
+        # A prefix group's trunk, by the slowdown its group's batches observed (as the server's trunk).
+        trunks = {group.prefix for group in self.workload.prefix_groups}
+        for key, latency in self._latency_models.items():
+            if key.model in trunks:
+                trunk = self.planning[key.model]
+                observed[key.model] = observed_profile(trunk, latency.slowdown, self.workload.settings)
         return observed
 
     def __init__(
