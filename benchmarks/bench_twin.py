@@ -3,6 +3,7 @@ server runs the same arrival traces, and both are printed side by side.
 
     .venv/bin/python benchmarks/bench_twin.py --part calibrate          # results/twin/calibration.json
     .venv/bin/python benchmarks/bench_twin.py --part compare [--runs 3]  # predictions vs measurements
+    .venv/bin/python benchmarks/bench_twin.py --part twin   # the twin again, against compare.json's server runs
 
 Calibration runs (``squishy.bench.calibrate``, ``busy=True``) measure at fixed rates the CPU per request
 of the server's event loop and slot threads and of the load generator: against a ``null-zero`` server
@@ -80,7 +81,7 @@ WORKLOADS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("calibrate", "compare"), required=True)
+    parser.add_argument("--part", choices=("calibrate", "compare", "twin"), required=True)
     parser.add_argument("--runs", type=int, default=3, help="real searches per workload (median and spread)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per step (real and twin)")
     # Each real step starts a fresh server, which plans for its first measured rates 2 s in and revises
@@ -106,12 +107,45 @@ def main() -> None:
             print(f"  {model:14s} slot thread: {slot}; batches take {costs.execution_factor:.3f} × ℓ(b) of CPU")
         return
     calibration = Calibration.load(RESULTS / "calibration.json")
+    if args.part == "twin":
+        repredict(calibration, args)
+        return
     chosen = WORKLOADS if args.workloads == "all" else [WORKLOADS[int(i)] for i in args.workloads.split(",")]
     report = {"calibration": calibration.to_dict(), "workloads": []}
     for workload in chosen:
         report["workloads"].append(compare(workload, calibration, args))
         (RESULTS / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {RESULTS / 'compare.json'}")
+
+
+def repredict(calibration: Calibration, args: argparse.Namespace) -> None:
+    """The twin, from the calibration now in results/twin, against the server runs compare.json holds
+    (the same workloads, loads and seeds; the server is not run again)."""
+    measured = json.loads((RESULTS / "compare.json").read_text())
+    report = {"calibration": calibration.to_dict(), "server_runs": str(RESULTS / "compare.json"), "workloads": []}
+    for stored in measured["workloads"]:
+        workload = next(w for w in WORKLOADS if w.name == stored["workload"])
+        twin = Twin(workload.repository, calibration, workload.mix, slot_layout(), workload.arrivals, args.warmup,
+                    args.duration)  # fmt: skip
+        predicted = twin.search(start_per_s=stored["physical_limit"] * 0.7, seed=SEED)
+        median = stored["server_goodput_median"]
+        error = (predicted.rate - median) / median if median else float("nan")
+        print(f"\n== {workload.name}")
+        print(
+            f"goodput: twin {predicted.rate:.1f}, ideal {stored['ideal_goodput']:.1f}, server median {median:.1f} "
+            f"(runs {', '.join(f'{g:.1f}' for g in stored['server_goodput_runs'])}): twin error {100 * error:+.1f}%"
+        )
+        loads = []
+        for load in stored["loads"]:
+            twin_run = twin.predict(load["rate_per_s"], SEED)
+            print_load(load["share"], load["rate_per_s"], twin_run.per_model, load["server"])
+            loads.append({**load, "twin": twin_run.per_model})
+        report["workloads"].append(
+            {**stored, "twin_goodput": predicted.rate, "twin_curve": [t.to_dict() for t in predicted.curve],
+             "twin_error": error, "loads": loads}
+        )  # fmt: skip
+        (RESULTS / "compare-twin.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {RESULTS / 'compare-twin.json'}")
 
 
 def compare(workload: Workload, calibration: Calibration, args: argparse.Namespace) -> dict[str, Any]:

@@ -88,3 +88,28 @@ def test_the_busy_pass_keeps_the_slots_well_under_their_limit():
     assert busy_rates(1_500.0) == [100.0, 300.0, 600.0]
     assert all(rate <= 0.4 * limit for limit in (224.0, 1_500.0, 20_000.0) for rate in busy_rates(limit))
     assert replace(calibration(1.0).models["big"], execution_factor=2.0).at(1e4)["execution_factor"] == 2.0
+
+
+def test_the_paths_latency_beyond_its_cpu_is_measured_at_the_lowest_rate_and_added_to_every_request(
+    repository: Path,
+):
+    from squishy.bench.calibrate import wire_latency_ms
+
+    costs = calibration(1.0).models["big"]
+    runs = [
+        {"rate_per_s": 100.0, "latency_p50_ms": 2.5, "send_lag_p50_ms": 0.7},
+        {"rate_per_s": 1000.0, "latency_p50_ms": 4.0, "send_lag_p50_ms": 0.9},  # queueing: not the path
+    ]
+    measured = replace(costs, runs=runs)
+    charged = 0.4 + 0.3 + 0.3 + 0.3 + 0.05  # at 100 req/s: event loop both ways, generator, slot thread
+    assert wire_latency_ms({"big": measured}) == pytest.approx(2.5 - charged)
+    assert wire_latency_ms({"big": costs}) == 0.0  # runs without latencies: nothing known
+    base = calibration(1.0)
+    with_wire = replace(base, wire_ms=1.5)
+    light, wired = twin(repository, base).predict(60.0, seed=3), twin(repository, with_wire).predict(60.0, seed=3)
+    for model in MODELS:
+        assert wired.per_model[model]["p50_ms"] == pytest.approx(light.per_model[model]["p50_ms"] + 1.5, abs=0.3)
+    # Calibration files from before it existed read as no such latency.
+    data = base.to_dict()
+    del data["wire_ms"]
+    assert Calibration.from_dict(data).wire_ms == 0.0

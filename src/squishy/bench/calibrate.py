@@ -102,6 +102,10 @@ class Calibration:
     models: dict[str, ModelCosts]
     measured: str  # date and the command
     machine: str = ""
+    # The request path's latency that is not CPU work (the generator's timer lateness, loopback, waking
+    # threads up), from the null-zero pass at its lowest rate: the median p50 latency there minus the CPU
+    # the twin charges per request (see ``wire_latency_ms``). 0 in calibrations made before it existed.
+    wire_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +113,8 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         models = {name: ModelCosts(**costs) for name, costs in data["models"].items()}
-        return cls(int(data["cores"]), models, str(data.get("measured", "")), str(data.get("machine", "")))
+        measured, machine = str(data.get("measured", "")), str(data.get("machine", ""))
+        return cls(int(data["cores"]), models, measured, machine, float(data.get("wire_ms", 0.0)))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -137,6 +142,7 @@ def calibrate(
         for model in models:
             runs, wire_request = _measure(server, model, idle, rates_per_s, duration_s, seed, progress)
             costs[model] = _costs(repository, model, runs, wire_request, *_fit_slot_costs(runs))
+    wire_ms = wire_latency_ms(costs)  # beside idle slots: nothing but the path itself
     if busy:
         for model in models:
             costs[model] = _calibrate_busy(repository, model, costs[model], rates_per_s, duration_s, seed, progress)
@@ -145,7 +151,27 @@ def calibrate(
         models=costs,
         measured=time.strftime("%Y-%m-%d"),
         machine=cpu_model_name(),
+        wire_ms=wire_ms,
     )
+
+
+def wire_latency_ms(costs: dict[str, ModelCosts]) -> float:
+    """The path's latency beyond its CPU work: per model, the null-zero run at the lowest rate (no queue
+    anywhere), its client-side p50 minus the CPU the twin charges a request there (generator, event loop,
+    slot thread); the median over the models, at least 0."""
+    gaps = []
+    for model_costs in costs.values():
+        runs = [r for r in model_costs.runs if "latency_p50_ms" in r]
+        if not runs:
+            continue
+        lowest = min(runs, key=lambda r: r["rate_per_s"])
+        charged = model_costs.at(lowest["rate_per_s"])
+        cpu_ms = (
+            charged["frontend_ms"] + charged["reply_ms"] + charged["generator_send_ms"]
+            + charged["generator_receive_ms"] + charged["slot_batch_ms"] + charged["slot_ms"]
+        )  # fmt: skip
+        gaps.append(max(lowest["latency_p50_ms"] - cpu_ms, 0.0))
+    return float(np.median(gaps)) if gaps else 0.0
 
 
 def _idle_rates(server: ServerProcess) -> dict[str, float]:
@@ -215,6 +241,9 @@ def _measure(
                 "slot_cpu_s": used["slots"],
                 "generator_cpu_s": result.generator.cpu_s,
                 "generator_wall_s": result.generator.wall_s,
+                # The client's clock: what a request took end to end, and how late it went out.
+                "latency_p50_ms": result.per_model[model].p50_ms,
+                "send_lag_p50_ms": result.per_model[model].send_lag_p50_ms,
             }
         )
     return runs, prepared.requests[0]

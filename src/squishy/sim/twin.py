@@ -113,7 +113,8 @@ class Twin:
             duration_s=duration_s,
             warmup_s=warmup_s,
             seed=seed,
-            network_ms=0.0,
+            # The path's latency that is not CPU (measured by the calibration), split over its two ways.
+            network_ms=self.calibration.wire_ms / 2.0 if self.calibration is not None else 0.0,
             model_load_ms=0.0,
             control=self.serving.control(),
             machine=MachineSpec(self.layout.slots, self.serving.work_stealing),
