@@ -113,3 +113,16 @@ def test_the_paths_latency_beyond_its_cpu_is_measured_at_the_lowest_rate_and_add
     data = base.to_dict()
     del data["wire_ms"]
     assert Calibration.from_dict(data).wire_ms == 0.0
+
+
+def test_the_twin_forms_the_servers_prefix_groups_and_runs_them(tmp_path: Path):
+    from tests.runtime.test_prefix import branchy_model, write
+
+    write(tmp_path, "head-a", branchy_model(2, 1), 2)
+    write(tmp_path, "head-b", branchy_model(3, 2), 3)
+    model = Twin(tmp_path, None, {"head-a": 0.5, "head-b": 0.5}, SlotLayout(2, 1), warmup_s=1.0, duration_s=6.0)
+    [group] = model.prefix_groups
+    assert group.prefix.endswith(":prefix") and sorted(group.models) == ["head-a:1", "head-b:1"]
+    assert set(model.trunk_profiles) == {group.prefix}
+    run = model.predict(100.0, seed=3)
+    assert run.passed and all(m["sent"] > 0 for m in run.per_model.values())

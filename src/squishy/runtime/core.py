@@ -766,6 +766,14 @@ class ServingCore(BatchSink, HangSink):
         profiles.update({sid: t.session.profile for sid, t in self._trunks.items()})
         return profiles
 
+    def _max_batch(self, allocation: Allocation) -> int:
+        """The largest batch an allocation's session can run: a prefix group's, what its trunk and every
+        member can take."""
+        if not allocation.members:
+            return self._sessions[allocation.model].profile.max_batch
+        trunk = self._trunks[allocation.model].session.profile.max_batch
+        return min(trunk, *(self._sessions[m.model].profile.max_batch for m in allocation.members))
+
     def _session_of(self, sid: str) -> _Session:
         """A planned session: a model's, or a prefix group's trunk."""
         session = self._sessions.get(sid)
@@ -968,7 +976,7 @@ class ServingCore(BatchSink, HangSink):
             self._assignment.backend_slot,
             len(self.workers),
             self._scheduled_latency,
-            lambda allocation: self._session_of(allocation.model).profile.max_batch,
+            self._max_batch,
         )
         self._load_executors(assignment)
         return assignment
@@ -1062,7 +1070,7 @@ class ServingCore(BatchSink, HangSink):
                 sid = str(share.key.model)
                 session = self._session_of(sid)
                 if share.allocation.members:  # a prefix group: its batches' time depends on the plan's mix
-                    size = session.profile.max_batch
+                    size = self._max_batch(share.allocation)
                     session.latency.retable(prefix_group_table(share.allocation, self._profiled(), size))
                     queue_session.update({m.model: sid for m in share.allocation.members})
                 work = SessionWork(session.spec, self._executors[(index, sid)])

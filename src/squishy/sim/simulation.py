@@ -544,7 +544,7 @@ class Simulation:
             member_profiles = [self.profiles[m] for m in members]
             if not self.overlap:
                 per_request = max(p.processing_share_ms for p in member_profiles)
-            size = trunk.max_batch
+            size = min(trunk.max_batch, *(p.max_batch for p in member_profiles))  # what every member can take
             trunk_ms = _table(trunk, size)
             suffixes = tuple(np.maximum(0.0, _table(p, size) - trunk_ms) for p in member_profiles)
             slots = {c.index: members.index(c.model) for c in self.classes if c.model in members}

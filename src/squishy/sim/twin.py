@@ -29,8 +29,9 @@ from squishy.bench.calibrate import Calibration
 from squishy.cluster import SlotLayout, slot_layout
 from squishy.profiles import Profile
 from squishy.runtime.core import ServingConfig, scheduling_profile, session_id
+from squishy.runtime.prefix import cut_model, group_cuts, prefix_tensor
 from squishy.runtime.repository import ModelRepository
-from squishy.scheduler import Session, Workload
+from squishy.scheduler import PrefixGroup, Session, Workload
 from squishy.search import RateSearch, RateSearchResult, highest_passing_rate
 from squishy.sim.simulation import HostSpec, MachineSpec, RequestCosts, RequestTrace, SimConfig, Simulation
 
@@ -67,17 +68,31 @@ class Twin:
     duration_s: float = 30.0
     serving: ServingConfig = field(init=False)
     sessions: list[tuple[str, str, float, Profile]] = field(init=False)  # (model, session, SLO, profile)
+    # The prefix groups the server forms among the mix's models (``squishy.runtime.prefix``), with their
+    # trunks' profiles (the same cache the server reads).
+    prefix_groups: tuple[PrefixGroup, ...] = field(init=False)
+    trunk_profiles: dict[str, Profile] = field(init=False)
 
     def __post_init__(self) -> None:
         self.serving = ServingConfig(layout=self.layout)
         repository = ModelRepository(self.repository)
         repository.load_all()
         self.sessions = []
+        cuts = []
         for model in self.mix:
             spec = repository.spec(model)
             self.sessions.append(
                 (model, session_id(spec), spec.slo_ms, scheduling_profile(repository, spec, self.serving))
             )
+            if self.serving.prefix_batching and prefix_tensor(spec) is not None:
+                cuts.append(cut_model(spec))
+        groups, self.trunk_profiles = [], {}
+        for members in group_cuts(cuts):
+            trunk = members[0].trunk_spec()
+            trunk_sid = session_id(trunk)
+            groups.append(PrefixGroup(prefix=trunk_sid, models=tuple(session_id(c.model) for c in members)))
+            self.trunk_profiles[trunk_sid] = scheduling_profile(repository, trunk, self.serving)
+        self.prefix_groups = tuple(groups)
 
     def host(self, total_rate_per_s: float) -> HostSpec | None:
         """The machine's cores and each model's CPU per request at this total rate (calibrated)."""
@@ -107,6 +122,7 @@ class Twin:
         """The server on this machine replaying ``trace`` (its sources: the mix's models, in order)."""
         workload = Workload(
             sessions=tuple(Session(s, slo, r) for (_, s, slo, _), r in zip(self.sessions, rates_per_s, strict=True)),
+            prefix_groups=self.prefix_groups,
             settings=self.serving.settings,
         )
         config = SimConfig(
@@ -122,7 +138,7 @@ class Twin:
             host=self.host(sum(rates_per_s)),
             stop_bad_share=3.0 * (1.0 - GOOD_TARGET) if stop_early else None,
         )
-        profiles = {session: profile for _, session, _, profile in self.sessions}
+        profiles = {session: profile for _, session, _, profile in self.sessions} | self.trunk_profiles
         return Simulation(workload, profiles, None, "squishy", config)
 
     def predict(self, total_rate_per_s: float, seed: int = 0, stop_early: bool = False) -> TwinRun:
