@@ -80,7 +80,11 @@ def direct(repository: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def test_the_three_models_run_as_one_prefix_group(server: ServerProcess) -> None:
+def test_the_three_models_run_as_one_prefix_group(server: ServerProcess, repository: Path) -> None:
+    # The trunk's profile is cached beside the model's, each under its own name.
+    version = repository / "game-digit" / "1"
+    assert list(version.glob("prefix-features/cpu-*.profile-cache.json"))
+    assert list(version.glob("cpu-*.profile-cache.json"))
     metrics = httpx.get(server.metrics_url, timeout=10).text
     grouped = re.findall(r'squishy_plan_prefix_group\{model="([^"]+)",prefix="(trunk-[0-9a-f]+)"', metrics)
     assert sorted(model for model, _ in grouped) == sorted(GAME), metrics

@@ -36,7 +36,8 @@ def repository(tmp_path: Path) -> ModelRepository:
     write(tmp_path, "head-a", branchy_model(2, 1), 2)
     write(tmp_path, "head-b", branchy_model(3, 2), 3)
     for name in ("head-a", "head-b"):  # the trunk's ℓ(b) given, as for the models: nothing measured
-        trunk_profile = tmp_path / name / "1" / "model.prefix-trunk.profile.json"
+        trunk_profile = tmp_path / name / "1" / "prefix-feat" / "trunk.profile.json"
+        trunk_profile.parent.mkdir()
         trunk_profile.write_text('{"model": "trunk", "device": "cpu", "batch_ms": {"1": 2.5, "8": 7}}')
     add_profiled_model(tmp_path, "alone", 60.0, {"1": 3.0, "8": 9.0}, max_batch=8)
     return ModelRepository(tmp_path)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from squishy import __version__
+from squishy.cluster.devices import CPU, Device, DeviceError, onnxruntime_providers
 from squishy.errors import ProfileError
 from squishy.profiles.io import load_profile
 from squishy.profiles.profile import Profile
@@ -150,10 +151,12 @@ def _run_queue_wait_ns() -> int | None:
         return None
 
 
-def device_label(threads: int, concurrency: int = 1) -> str:
-    """The device name profiles measured here carry: ``cpu-<threads>t``, and ``x<N>`` when N slots ran
-    at once (each slot then sees the others' memory traffic, as it will when serving)."""
-    return f"cpu-{threads}t" if concurrency == 1 else f"cpu-{threads}tx{concurrency}"
+def device_label(threads: int, concurrency: int = 1, device: Device = CPU) -> str:
+    """The device name profiles measured here carry: ``cpu-<threads>t`` (``gpu<i>`` for a GPU), and
+    ``x<N>`` when N slots ran at once (each slot then sees the others' memory traffic, as it will when
+    serving)."""
+    name = f"cpu-{threads}t" if not device.is_gpu else device.label
+    return name if concurrency == 1 else f"{name}x{concurrency}"
 
 
 def cpu_model_name() -> str:
@@ -175,12 +178,12 @@ def default_model_name(model_path: Path) -> str:
     return model_path.stem
 
 
-def cache_path(model_path: Path, threads: int, concurrency: int = 1) -> Path:
+def cache_path(model_path: Path, threads: int, concurrency: int = 1, device: Device = CPU) -> Path:
     """Where the measured profile of ``model_path`` at ``threads`` threads is cached (beside the model)."""
-    return model_path.parent / f"{device_label(threads, concurrency)}.profile-cache.json"
+    return model_path.parent / f"{device_label(threads, concurrency, device)}.profile-cache.json"
 
 
-def _open_session(model_path: Path, threads: int) -> Any:
+def _open_session(model_path: Path, threads: int, device: Device = CPU) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -192,7 +195,11 @@ def _open_session(model_path: Path, threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        providers = onnxruntime_providers(device)  # measured on the device it will run on
+    except DeviceError as exc:
+        raise ProfileError(f"{model_path}: {exc}") from None
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except Exception as exc:
         raise ProfileError(f"{model_path}: ONNX Runtime cannot load it: {' '.join(str(exc).split())}") from None
 
@@ -419,7 +426,8 @@ def _measure_profile(
     else:
         import onnxruntime as ort
 
-        sessions = [_open_session(model_path, threads) for _ in range(concurrency)]
+        device = spec.device if spec is not None else CPU
+        sessions = [_open_session(model_path, threads, device) for _ in range(concurrency)]
         backend = f"onnxruntime {ort.__version__}"
         input_shapes, dtypes, batching = _input_shapes(sessions[0], model_path, shapes or {}, batching)
     if not batching and batch_sizes != [1]:
@@ -492,7 +500,7 @@ def _measure_profile(
     # Built directly rather than with from_dict, so nothing measured is cleaned away (see above).
     return Profile(
         model=name,
-        device=device_label(threads, concurrency),
+        device=device_label(threads, concurrency, spec.device if spec is not None else CPU),
         precision="fp32",
         batch_ms=median_ms,
         std_ms=std_ms,
@@ -617,7 +625,8 @@ def cached_profile(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ProfileError(f"{model_path}: no such model file")
-    path = cache_path(model_path, threads, concurrency)
+    device = spec.device if spec is not None else CPU
+    path = cache_path(model_path, threads, concurrency, device)
     wanted = {int(b) for b in batches}
     try:
         fresh = path.stat().st_mtime_ns > model_path.stat().st_mtime_ns
@@ -631,7 +640,7 @@ def cached_profile(
         if (
             cached is not None
             and cached.model == model_name
-            and cached.device == device_label(threads, concurrency)
+            and cached.device == device_label(threads, concurrency, device)
             and wanted <= set(cached.extra.get("batches_measured", ()))
         ):
             if cached.extra.get("disturbed"):

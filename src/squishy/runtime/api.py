@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from squishy.cluster.devices import CPU, Device
 from squishy.errors import SquishyError
 
 # ------------------------------------------------------------------------------------------- errors
@@ -120,6 +121,8 @@ class ModelSpec:
     # Triton's ModelConfig protobuf (tritonclient.grpc.model_config_pb2.ModelConfig) for config RPCs.
     config: Any = None
     parameters: Mapping[str, str] = field(default_factory=dict)
+    # Where it runs: the first device its instance_group asks for (``squishy.cluster.devices``).
+    device: Device = CPU
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from squishy.clock import SYSTEM_CLOCK, Clock
+from squishy.cluster.devices import DeviceError, onnxruntime_providers, torch_device
 from squishy.profiles import Profile
 from squishy.runtime.api import DATATYPES, InternalError, ModelSpec
 
@@ -108,9 +109,11 @@ class OnnxRuntimeExecutor(Executor):
         self._run_options = ort.RunOptions
         self._running: Any = None  # the RunOptions of the run in flight
         try:
-            self._session: Any = ort.InferenceSession(
-                str(spec.model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            providers = onnxruntime_providers(spec.device)
+        except DeviceError as exc:
+            raise ExecutorError(f"model {spec.name!r}: {exc}") from None
+        try:
+            self._session: Any = ort.InferenceSession(str(spec.model_path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExecutorError(
                 f"model {spec.name!r}: ONNX Runtime cannot load {spec.model_path}: {_one_line(exc)}"
@@ -145,7 +148,8 @@ class OnnxRuntimeExecutor(Executor):
 
 
 class TorchExecutor(Executor):
-    """A TorchScript module (``torch.jit.load``) on the CPU. Needs the optional ``torch`` extra.
+    """A TorchScript module (``torch.jit.load``) on the CPU, or on ``cuda:<i>`` when the model's
+    ``instance_group`` asks for GPU i (``squishy.cluster.devices``). Needs the optional ``torch`` extra.
 
     The module's ``forward`` takes the config's inputs positionally, in config order, and returns one
     tensor or a tuple/list in the config's output order. ``torch.set_num_threads`` is process-wide, so
@@ -162,13 +166,17 @@ class TorchExecutor(Executor):
         _check_loadable(spec, threads)
         self.spec = spec
         self._torch = torch
+        try:
+            self._device = torch_device(spec.device)
+        except DeviceError as exc:
+            raise ExecutorError(f"model {spec.name!r}: {exc}") from None
         torch.set_num_threads(threads)
         try:
             with warnings.catch_warnings():
                 # torch 2.13 marks TorchScript deprecated; it is still the format Triton's pytorch_libtorch
                 # repositories hold, so loading it is this executor's job and the warning is noise.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(spec.model_path), map_location="cpu")
+                module = torch.jit.load(str(spec.model_path), map_location=self._device)
         except Exception as exc:
             raise ExecutorError(
                 f"model {spec.name!r}: cannot load TorchScript {spec.model_path}: {_one_line(exc)}"
@@ -181,7 +189,7 @@ class TorchExecutor(Executor):
         names = self._outputs_wanted(output_names)
         torch = self._torch
         try:
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])) for t in self.spec.inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[t.name])).to(self._device) for t in self.spec.inputs]
         except KeyError as exc:
             raise ExecutorError(f"model {self.spec.name!r}: missing input {exc.args[0]!r}") from None
         try:

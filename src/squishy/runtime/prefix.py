@@ -8,13 +8,15 @@ a prefix group. The scheduler plans the group as one session (``scheduler.demand
 trunk on the summed batch, each head on its slice); its queue holds every member's requests, and a batch
 runs the trunk once over all of them, then each member's head on its rows (``PrefixExecutor``).
 
-The cut graphs are written beside the model (``<stem>.prefix-trunk.onnx``, ``<stem>.prefix-head.onnx``),
-rewritten only when their content changes, so that the trunk's profile cache stays valid across starts.
+The cut graphs are written beside the model, in a directory of their own (``prefix-<tensor>/trunk.onnx``
+and ``head.onnx``; the trunk's profile is cached there, or given as ``trunk.profile.json``), rewritten only
+when their content changes, so that the trunk's profile cache stays valid across starts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -117,10 +119,9 @@ def cut_model(spec: ModelSpec) -> PrefixCut:
             f"{', '.join(crossing)} from before it, so it does not end a trunk"
         )
     cut_tensor = _tensor_spec(head.graph.input, tensor)
-    stem = spec.model_path.stem
-    directory = _writable(spec.model_path.parent)
-    trunk_path = _write_if_changed(directory / f"{stem}.prefix-trunk.onnx", trunk.SerializeToString(deterministic=True))
-    head_path = _write_if_changed(directory / f"{stem}.prefix-head.onnx", head.SerializeToString(deterministic=True))
+    directory = _writable(spec.model_path.parent / f"prefix-{re.sub(r'[^A-Za-z0-9_.-]', '_', tensor)}")
+    trunk_path = _write_if_changed(directory / "trunk.onnx", trunk.SerializeToString(deterministic=True))
+    head_path = _write_if_changed(directory / "head.onnx", head.SerializeToString(deterministic=True))
     return PrefixCut(spec, cut_tensor, trunk_path, head_path, _trunk_digest(trunk))
 
 
@@ -154,6 +155,7 @@ def _writable(directory: Path) -> Path:
     """Beside the model when the repository can be written, else a scratch directory of this process."""
     probe = directory / ".squishy-write-probe"
     try:
+        directory.mkdir(exist_ok=True)
         probe.touch()
         probe.unlink()
         return directory

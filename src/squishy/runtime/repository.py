@@ -33,6 +33,7 @@ import yaml
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from squishy.cluster.devices import DeviceError, check_devices, requested_devices
 from squishy.errors import ProfileError
 from squishy.profiles import Profile
 from squishy.profiles.profiler import cached_profile
@@ -701,6 +702,11 @@ def _read_version(
         if config.platform == PLATFORM_TVM and importlib.util.find_spec("tvm") is None:
             raise ConfigError(f"{rel}: platform {config.platform} needs TVM (pip install 'squishy[tvm]')")
         _check_declared_tensors(config)
+    try:
+        devices = requested_devices(config)
+        check_devices(devices, config.platform)
+    except DeviceError as exc:
+        raise ConfigError(f"{rel}: {exc}") from None
     slo_ms = _apply_settings(config, default_slo_ms)
     return ModelSpec(
         name=model_dir.name,
@@ -713,6 +719,7 @@ def _read_version(
         model_path=model_path,
         config=config,
         parameters={k: v.string_value for k, v in config.parameters.items()},
+        device=devices[0],
     )
 
 
