@@ -45,6 +45,8 @@ squishy's own:
   ``squishy_plan_duty_cycle_ms{backend}``, ``squishy_plan_occupancy{backend}``
   ``squishy_plan_batch{model,version,slo_ms,backend}``  batch size the plan gives a session on a backend
   ``squishy_plan_rate{model,version,slo_ms}``  requests/s the plan provisions for a session
+  ``squishy_plan_headroom``  the multiple of the measured load the plan is made for (< 1: capacity binds)
+  ``squishy_capacity_shortfall_rps{model,version}``  measured requests/s the plan does not admit
   ``squishy_plan_prefix_group{model,version,prefix}``  1 for each model the plan runs in a prefix group
       (``prefix``: the shared trunk; its batches run the trunk once for all of the group's models)
   ``squishy_session_rate{model,version,slo_ms}``  measured requests/s of a session
@@ -320,6 +322,17 @@ class ServerMetrics:
             "Accuracy the plan delivers over all tasks' requests, shed requests counted as wrong",
             registry=self.registry,
         )
+        self._headroom = Gauge(
+            "squishy_plan_headroom",
+            "Multiple of the measured load the plan in force is made for (below 1: the slots cannot carry it all)",
+            registry=self.registry,
+        )
+        self._shortfall = Gauge(
+            "squishy_capacity_shortfall_rps",
+            "Requests/s of a model's measured load beyond what the plan in force admits (shed at once)",
+            ("model", "version"),
+            registry=self.registry,
+        )
         self._chosen_variant: dict[str, str] = {}
         self._plan = _PlanCollector()
         self.registry.register(self._plan)
@@ -420,6 +433,13 @@ class ServerMetrics:
         self._chosen_variant[task] = variant
         self._variant_chosen.labels(task, variant).set(accuracy)
         self._variant_share.labels(task).set(share)
+
+    def set_capacity(self, headroom: float, shortfall: Mapping[tuple[str, str], float]) -> None:
+        """The plan's headroom, and per (model, version) the measured load it does not admit."""
+        self._headroom.set(headroom)
+        self._shortfall.clear()
+        for (model, version), rate in shortfall.items():
+            self._shortfall.labels(model, version).set(rate)
 
     def set_planned_accuracy(self, accuracy: float) -> None:
         self._planned_accuracy.set(accuracy)

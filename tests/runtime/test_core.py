@@ -8,6 +8,7 @@ time, so nothing sleeps and every outcome is exact. Two tests run the real worke
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,22 @@ def test_an_idle_slot_steals_batches_only_when_its_own_promises_allow(tmp_path: 
     assert guarded == 0
     assert free > 0
     assert {slot for slot, _, ids in server.batches if ids[0].startswith("False")} == {0, 1}
+
+
+def test_load_beyond_the_slots_is_planned_for_in_part_and_the_shortfall_is_reported(tmp_path: Path):
+    clock = ManualClock()
+    serving = core(repository(tmp_path, {"lin": {}}), 1, clock)  # at most 8 per 24 ms: ~330 req/s
+    asyncio.run(serving.start(run_threads=False))
+    server = VirtualServer(serving, clock)
+    for index in range(6000):  # 1,000 req/s for 6 s
+        server.submit_at(index * 1.0, request("lin", f"r{index}"))
+    server.run(6500.0)
+    text = serving.metrics.exposition().decode()
+    headroom = float(re.search(r"^squishy_plan_headroom (\S+)$", text, re.M).group(1))
+    shortfall = float(
+        re.search(r'^squishy_capacity_shortfall_rps\{model="lin",version="1"\} (\S+)$', text, re.M).group(1)
+    )
+    assert headroom < 0.5
+    assert 500.0 < shortfall < 1000.0  # most of the 1,000 req/s measured is beyond what one slot carries
+    late = [o for o in server.outcomes.values() if o.status == "late"]
+    assert len(late) < 0.01 * len(server.outcomes)  # what is not admitted is shed, not served late

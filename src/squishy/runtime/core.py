@@ -1009,6 +1009,13 @@ class ServingCore(BatchSink, HangSink):
             moved = self._install(decision.plan, prepared.assignment)
         self.control.installed(decision)
         self.metrics.record_replan(str(decision.request.reason), moved)
+        # What the slots cannot carry: early drop sheds it at once, and the gauge says how much it is.
+        short = max(0.0, 1.0 - decision.headroom)
+        labels = self._labels()
+        self.metrics.set_capacity(
+            decision.headroom,
+            {labels[str(sid)]: rate * short for sid, rate in decision.request.rates.items() if str(sid) in labels},
+        )
         logger.info(
             "plan (%s): %d backends, %d sessions, headroom %.2fx",
             decision.request.reason,
