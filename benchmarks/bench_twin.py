@@ -4,6 +4,7 @@ server runs the same arrival traces, and both are printed side by side.
     .venv/bin/python benchmarks/bench_twin.py --part calibrate          # results/twin/calibration.json
     .venv/bin/python benchmarks/bench_twin.py --part compare [--runs 3]  # predictions vs measurements
     .venv/bin/python benchmarks/bench_twin.py --part twin   # the twin again, against compare.json's server runs
+    .venv/bin/python benchmarks/bench_twin.py --part loads --workloads 1  # the server again at compare.json's loads
 
 Calibration runs (``squishy.bench.calibrate``, ``busy=True``) measure at fixed rates the CPU per request
 of the server's event loop and slot threads and of the load generator: against a ``null-zero`` server
@@ -81,7 +82,7 @@ WORKLOADS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("calibrate", "compare", "twin"), required=True)
+    parser.add_argument("--part", choices=("calibrate", "compare", "twin", "loads"), required=True)
     parser.add_argument("--runs", type=int, default=3, help="real searches per workload (median and spread)")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per step (real and twin)")
     # Each real step starts a fresh server, which plans for its first measured rates 2 s in and revises
@@ -110,12 +111,39 @@ def main() -> None:
     if args.part == "twin":
         repredict(calibration, args)
         return
+    if args.part == "loads":
+        remeasure_loads(args)
+        return
     chosen = WORKLOADS if args.workloads == "all" else [WORKLOADS[int(i)] for i in args.workloads.split(",")]
     report = {"calibration": calibration.to_dict(), "workloads": []}
     for workload in chosen:
         report["workloads"].append(compare(workload, calibration, args))
         (RESULTS / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {RESULTS / 'compare.json'}")
+
+
+def remeasure_loads(args: argparse.Namespace) -> None:
+    """Run the server again at the loads compare.json holds for the chosen workloads (50/80/95% of their
+    measured goodput, ``--runs`` each, same seeds), replacing those loads' server runs: for a sitting in
+    which other work ran while the loads were measured. The searches are kept."""
+    path = RESULTS / "compare.json"
+    measured = json.loads(path.read_text())
+    chosen = {
+        w.name
+        for w in (WORKLOADS if args.workloads == "all" else [WORKLOADS[int(i)] for i in args.workloads.split(",")])
+    }
+    for stored in measured["workloads"]:
+        if stored["workload"] not in chosen:
+            continue
+        workload = next(w for w in WORKLOADS if w.name == stored["workload"])
+        slos = {model: stats["slo_ms"] for model, stats in stored["loads"][0]["twin"].items()}
+        print(f"\n== {workload.name} (the server again at the stored loads)")
+        for load in stored["loads"]:
+            load["server"] = [real_run(workload, slos, load["rate_per_s"], args, SEED) for _ in range(args.runs)]
+            load["server_measured"] = time.strftime("%Y-%m-%d %H:%M")
+            print_load(load["share"], load["rate_per_s"], load["twin"], load["server"])
+        path.write_text(json.dumps(measured, indent=2) + "\n")
+    print(f"results: {path}")
 
 
 def repredict(calibration: Calibration, args: argparse.Namespace) -> None:
