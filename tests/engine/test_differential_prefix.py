@@ -25,7 +25,7 @@ from squishy.sim import RequestTrace, Simulation
 from tests.engine.compare import assert_same_decisions, mirror_config
 from tests.engine.virtual import VirtualServer
 from tests.runtime.onnx_models import add_profiled_model
-from tests.runtime.test_prefix import branchy_model, write
+from tests.runtime.test_prefix import two_heads
 
 FACTOR = 1.25
 DURATION_MS = 16_000.0
@@ -33,12 +33,7 @@ NAMES = ["head-a", "head-b", "alone"]
 
 
 def repository(tmp_path: Path) -> ModelRepository:
-    write(tmp_path, "head-a", branchy_model(2, 1), 2)
-    write(tmp_path, "head-b", branchy_model(3, 2), 3)
-    for name in ("head-a", "head-b"):  # the trunk's ℓ(b) given, as for the models: nothing measured
-        trunk_profile = tmp_path / name / "1" / "prefix-feat" / "trunk.profile.json"
-        trunk_profile.parent.mkdir()
-        trunk_profile.write_text('{"model": "trunk", "device": "cpu", "batch_ms": {"1": 2.5, "8": 7}}')
+    two_heads(tmp_path)  # the trunk's ℓ(b) given, as the models' are: nothing measured
     add_profiled_model(tmp_path, "alone", 60.0, {"1": 3.0, "8": 9.0}, max_batch=8)
     return ModelRepository(tmp_path)
 
