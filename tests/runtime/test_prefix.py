@@ -225,3 +225,33 @@ def test_without_prefix_batching_each_model_is_its_own_session(tmp_path: Path):
     plan = serving.plan
     assert plan is not None
     assert sorted(a.model for b in plan.backends for a in b.allocations) == ["head-a:1", "head-b:1"]
+
+
+def test_a_model_loaded_into_a_group_later_is_answered_by_its_own_head(tmp_path: Path):
+    """With the worker threads and ONNX Runtime: the group's executors are made again with the new head."""
+    repository = two_heads(tmp_path)
+    config = ServingConfig(layout=SlotLayout(1, 1), executor="onnxruntime")
+
+    async def scenario() -> dict[str, np.ndarray]:
+        serving = ServingCore(repository, config)
+        await serving.start()
+        try:
+            x = np.ones((1, 4), np.float32)
+            await serving.infer(InferRequest("head-a", None, {"x": x}))  # the group's executors exist now
+            write(tmp_path, "head-c", branchy_model(4, 3), 4)  # the same trunk, a third head
+            (tmp_path / "head-c" / "1" / "prefix-feat").mkdir()
+            (tmp_path / "head-c" / "1" / "prefix-feat" / "trunk.profile.json").write_text(TRUNK_PROFILE)
+            await serving.load_model("head-c")
+            [allocation] = [a for backend in serving.plan.backends for a in backend.allocations]
+            assert sorted(m.model for m in allocation.members) == ["head-a:1", "head-b:1", "head-c:1"]
+            replies = await asyncio.gather(
+                *(serving.infer(InferRequest(n, None, {"x": x})) for n in ("head-a", "head-c"))
+            )
+        finally:
+            await serving.stop()
+        return {reply.model_name: reply.outputs["y"] for reply in replies}
+
+    outputs = asyncio.run(scenario())
+    x = np.ones((1, 4), np.float32)
+    for name in ("head-a", "head-c"):
+        np.testing.assert_allclose(outputs[name], full_outputs(tmp_path / name / "1" / "model.onnx", x), rtol=1e-5)

@@ -746,6 +746,8 @@ class ServingCore(BatchSink, HangSink):
             if known is not None and set(known.heads) == set(sids):
                 trunks[sid] = known
                 continue
+            # New members: the group's executors are made again with every member's head.
+            self._executors = {key: e for key, e in self._executors.items() if key[1] != sid}
             profile = self._sessions[sids[0]].trunk_profile
             assert profile is not None, "a session with a cut has its trunk's profile"
             session = _Session(sid, spec, profile, 0, 0, self.config.settings)
