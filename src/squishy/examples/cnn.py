@@ -47,13 +47,14 @@ def smallcnn_onnx(seed: int = 0) -> onnx.ModelProto:
     )
 
 
-def resnet18_half_onnx(seed: int = 0) -> onnx.ModelProto:
-    """``image`` FP32 [-1, 3, 224, 224] → ``probabilities`` FP32 [-1, 1000]; ResNet-18 at half width."""
-    g = GraphBuilder(seed)
-    x = g.max_pool(g.relu(g.conv("image", 3, RESNET_WIDTH, 7, 2)), 3, 2)
-    channels = RESNET_WIDTH
+def resnet18_stages(g: GraphBuilder, image: str, width: int) -> tuple[str, int]:
+    """ResNet-18's stem and four stages of two residual blocks, ``width`` channels in the first stage (no
+    batch norm: ``RESIDUAL_GAIN`` scales each branch's second conv). Returns the last feature map and its
+    channels."""
+    x = g.max_pool(g.relu(g.conv(image, 3, width, 7, 2)), 3, 2)
+    channels = width
     for stage, multiplier in enumerate((1, 2, 4, 8)):
-        out_channels = RESNET_WIDTH * multiplier
+        out_channels = width * multiplier
         for block in range(2):
             stride = 2 if stage > 0 and block == 0 else 1
             branch = g.relu(g.conv(x, channels, out_channels, 3, stride))
@@ -61,6 +62,13 @@ def resnet18_half_onnx(seed: int = 0) -> onnx.ModelProto:
             shortcut = x if stride == 1 and channels == out_channels else g.conv(x, channels, out_channels, 1, stride)
             x = g.relu(g.node("Add", [branch, shortcut]))
             channels = out_channels
+    return x, channels
+
+
+def resnet18_half_onnx(seed: int = 0) -> onnx.ModelProto:
+    """``image`` FP32 [-1, 3, 224, 224] → ``probabilities`` FP32 [-1, 1000]; ResNet-18 at half width."""
+    g = GraphBuilder(seed)
+    x, channels = resnet18_stages(g, "image", RESNET_WIDTH)
     _classifier_head(g, x, channels, RESNET_CLASSES)
     res = RESNET_RESOLUTION
     return g.model(

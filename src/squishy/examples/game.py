@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from squishy.examples.cnn import resnet18_stages
 from squishy.examples.graph import FLOAT, GraphBuilder, tensor_info
 
 RESOLUTION = 112
 WIDTH = 32  # ResNet-18's first stage at half width
 FEATURES = WIDTH * 8
 PREFIX_TENSOR = "features"
-RESIDUAL_GAIN = 0.5
 TEST_FRACTION = 0.25
 PIXEL_MAX = 16.0  # load_digits pixels are 0..16
 # name → (classes, label of a digit)
@@ -48,17 +48,7 @@ def digit_images(pixels: np.ndarray) -> np.ndarray:
 
 
 def _trunk(g: GraphBuilder) -> str:
-    x = g.max_pool(g.relu(g.conv("image", 3, WIDTH, 7, 2)), 3, 2)
-    channels = WIDTH
-    for stage, multiplier in enumerate((1, 2, 4, 8)):
-        out_channels = WIDTH * multiplier
-        for block in range(2):
-            stride = 2 if stage > 0 and block == 0 else 1
-            branch = g.relu(g.conv(x, channels, out_channels, 3, stride))
-            branch = g.conv(branch, out_channels, out_channels, 3, 1, gain=RESIDUAL_GAIN)
-            shortcut = x if stride == 1 and channels == out_channels else g.conv(x, channels, out_channels, 1, stride)
-            x = g.relu(g.node("Add", [branch, shortcut]))
-            channels = out_channels
+    x, _ = resnet18_stages(g, "image", WIDTH)
     return g.node("Flatten", [g.node("GlobalAveragePool", [x])], output=PREFIX_TENSOR, axis=1)
 
 
