@@ -3,6 +3,8 @@ both made (per-request outcomes, batch membership, re-plans)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from squishy.runtime.core import ServingConfig
 from squishy.sim import MachineSpec, RequestTrace, SimConfig, Simulation
 from squishy.sim.simulation import OUTCOME_DROPPED, OUTCOME_GOOD, OUTCOME_LATE
@@ -42,3 +44,16 @@ def assert_same_decisions(simulation: Simulation, server: VirtualServer, request
     core_replans = [(round(t, 3), reason, backends) for t, reason, backends, _ in server.decisions]
     assert sim_replans == core_replans
     return core_outcomes
+
+
+def phased_trace(seed: int, phases: dict[int, list[tuple[float, float, float]]]) -> RequestTrace:
+    """Poisson arrivals per source, each in steps of (start ms, end ms, rate/s), merged in time order."""
+    rng = np.random.default_rng(seed)
+    sends, sources = [], []
+    for source, steps in phases.items():
+        for start, end, rate in steps:
+            count = rng.poisson(rate * (end - start) / 1000.0)
+            sends.append(np.sort(rng.uniform(start, end, count)))
+            sources.append(np.full(count, source))
+    order = np.argsort(np.concatenate(sends), kind="stable")
+    return RequestTrace(np.concatenate(sends)[order], np.concatenate(sources)[order])

@@ -22,7 +22,7 @@ from squishy.runtime.core import ServingConfig, ServingCore
 from squishy.runtime.repository import ModelRepository
 from squishy.scheduler import PrefixGroup, Session, Workload
 from squishy.sim import RequestTrace, Simulation
-from tests.engine.compare import assert_same_decisions, mirror_config
+from tests.engine.compare import assert_same_decisions, mirror_config, phased_trace
 from tests.engine.virtual import VirtualServer
 from tests.runtime.onnx_models import add_profiled_model
 from tests.runtime.test_prefix import two_heads
@@ -39,20 +39,12 @@ def repository(tmp_path: Path) -> ModelRepository:
 
 
 def trace(seed: int) -> RequestTrace:
-    rng = np.random.default_rng(seed)
-    sends, sources = [], []
     phases = {
         0: [(0, 6000, 120.0), (6000, 11000, 900.0), (11000, DURATION_MS, 120.0)],
         1: [(0, DURATION_MS, 200.0)],
         2: [(0, DURATION_MS, 60.0)],
     }
-    for source, steps in phases.items():
-        for start, end, rate in steps:
-            count = rng.poisson(rate * (end - start) / 1000.0)
-            sends.append(np.sort(rng.uniform(start, end, count)))
-            sources.append(np.full(count, source))
-    order = np.argsort(np.concatenate(sends), kind="stable")
-    return RequestTrace(np.concatenate(sends)[order], np.concatenate(sources)[order])
+    return phased_trace(seed, phases)
 
 
 def test_the_core_and_the_simulator_decide_the_same_for_a_prefix_group(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from squishy.runtime.repository import ModelRepository
 from squishy.scheduler import Session, Workload
 from squishy.scheduler.variants import Task, Variant
 from squishy.sim import RequestTrace, Simulation
-from tests.engine.compare import assert_same_decisions, mirror_config
+from tests.engine.compare import assert_same_decisions, mirror_config, phased_trace
 from tests.engine.virtual import VirtualServer
 from tests.runtime.onnx_models import add_profiled_model
 
@@ -58,19 +58,11 @@ def repository(tmp_path: Path) -> ModelRepository:
 
 def trace(seed: int) -> RequestTrace:
     """Source 0 the plain model, source 1 the task: Poisson, the task stepping up to 2x and back, a burst."""
-    rng = np.random.default_rng(seed)
-    sends, sources = [], []
     phases = {
         0: [(0, DURATION_MS, 100.0)],
         1: [(0, 6000, 150.0), (6000, 14000, 700.0), (14000, 14050, 2000.0), (14050, DURATION_MS, 150.0)],
     }
-    for source, steps in phases.items():
-        for start, end, rate in steps:
-            count = rng.poisson(rate * (end - start) / 1000.0)
-            sends.append(np.sort(rng.uniform(start, end, count)))
-            sources.append(np.full(count, source))
-    order = np.argsort(np.concatenate(sends), kind="stable")
-    return RequestTrace(np.concatenate(sends)[order], np.concatenate(sources)[order])
+    return phased_trace(seed, phases)
 
 
 @pytest.mark.parametrize("seed", [5])
