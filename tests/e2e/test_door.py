@@ -64,10 +64,11 @@ def test_a_shed_request_names_why(double_repository: Path) -> None:
     with start_squishy(double_repository) as server:
         config = BenchConfig(
             models=(ModelLoad("double", FLOOD_PER_S, 50.0, encoding="json"),), url=server.http_url,
-            duration_s=3.0, warmup_s=0.5, max_connections=FLOOD_CONNECTIONS,
+            duration_s=6.0, warmup_s=0.5, max_connections=FLOOD_CONNECTIONS,
         )  # fmt: skip
-        # As long as the flood above: the door acts on a lag sustained over three probe samples, and a
-        # load generator short of CPU sends the first second's requests late.
+        # Longer than the flood above: the door acts on a lag sustained over three probe samples, a load
+        # generator short of CPU sends the first second's requests late, and in 3 s a shed did not always
+        # come (about one run in four on this machine).
         result = run(config, isolate=True)
     assert result.per_model["double"].status_counts.get(503, 0) > 0
     message = result.error_messages[503]
