@@ -23,11 +23,11 @@ from sklearn.datasets import load_digits
 
 from squishy.bench.launch import ServerProcess, start_squishy
 from squishy.examples import build_examples
-from squishy.examples.game import TASKS, digit_images
+from squishy.examples.game import EXAMPLE_TASKS, TASKS, digit_images, model_name
 
 pytestmark = pytest.mark.e2e
 
-GAME = tuple(TASKS)
+GAME = tuple(model_name("game", task) for task in EXAMPLE_TASKS)
 SAMPLES = 24
 
 
@@ -97,9 +97,9 @@ def test_every_answer_is_the_whole_models_and_the_heads_recognize_digits(
     images, labels = digits()
     served = answers(server.http_url, images)
     expected = direct(repository, images)
-    for name in GAME:
+    for task, name in zip(EXAMPLE_TASKS, GAME, strict=True):
         np.testing.assert_allclose(served[name], expected[name], rtol=1e-4, atol=1e-5)
-        _, label = TASKS[name]
+        _, label = TASKS[task]
         truth = np.array([label(int(d)) for d in labels])
         assert (served[name].argmax(axis=1) == truth).mean() >= 0.85, name
     statistics = httpx.get(f"{server.http_url}/v2/models/game-parity/stats", timeout=10).json()["model_stats"][0]

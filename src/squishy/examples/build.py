@@ -64,9 +64,9 @@ def _build_digits(seed: int) -> tuple[bytes, dict[str, str]]:
     return digits.digits_onnx(model).SerializeToString(), params
 
 
-def _build_game(name: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
+def _build_variant(family: str, task: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
     def build(seed: int) -> tuple[bytes, dict[str, str]]:
-        head = game.game_head(name, seed)
+        head = game.game_head(task, seed, family)
         params = {
             "prefix_tensor": game.PREFIX_TENSOR,
             "test_accuracy": f"{head.test_accuracy:.4f}",
@@ -75,6 +75,44 @@ def _build_game(name: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
         return head.model.SerializeToString(), params
 
     return build
+
+
+TASK_QUESTIONS = {
+    "digit": "which digit",
+    "parity": "even or odd",
+    "large": "below 5 or not",
+    "mod3": "the digit modulo 3",
+    "prime": "prime or not",
+    "loop": "drawn with a closed loop (0, 6, 8, 9) or not",
+    **{f"is{k}": f"a {k} or not" for k in range(10)},
+}
+
+
+def prefix_family(
+    family: str, tasks: Sequence[str], *, slo_ms: float = 100.0, max_batch_size: int = 16, in_default: bool = False
+) -> list[ExampleModel]:
+    """One model per task, all on ``family``'s trunk (``squishy.examples.game``), its head trained here: a
+    prefix group for ``squishy serve``. Named ``<family>-<task>``."""
+    trunk = game.TRUNKS[family]
+    batches = (*(b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_batch_size), max_batch_size)
+    return [
+        ExampleModel(
+            name=game.model_name(family, task),
+            description=(
+                f"prefix example: {trunk.description} (random weights, shared by {family}-*), "
+                f"head trained here on digits: {TASK_QUESTIONS[task]}"
+            ),
+            slo_ms=slo_ms,
+            max_batch_size=max_batch_size,
+            profile_batches=batches,
+            inputs=(Tensor(trunk.input_name, "TYPE_FP32", trunk.input_dims),),
+            outputs=(Tensor("probabilities", "TYPE_FP32", (game.TASKS[task][0],)),),
+            build=_build_variant(family, task),
+            recipe=f"{game.model_name(family, task)} {trunk.description} cut={game.PREFIX_TENSOR}",
+            in_default=in_default,
+        )
+        for task in tasks
+    ]
 
 
 def _shipped(name: str) -> Callable[[int], tuple[bytes, dict[str, str]]]:
@@ -91,25 +129,6 @@ def example_models() -> list[ExampleModel]:
     probabilities = lambda n: (Tensor("probabilities", "TYPE_FP32", (n,)),)  # noqa: E731
     ocr_recipe = f"{ocr.DISTRIBUTION}=={ocr.package_version()}"
     ocr_optional = f"needs {ocr.DISTRIBUTION} (pip install 'squishy[ocr]')"
-    game_questions = {"game-digit": "which digit", "game-parity": "even or odd", "game-large": "below 5 or not"}
-    game_models = [
-        ExampleModel(
-            name=name,
-            description=(
-                f"game-like prefix example: a ResNet-18-like trunk on digits upsampled to 3x{game.RESOLUTION}x"
-                f"{game.RESOLUTION} (random weights, shared by game-*), head trained here: {question}"
-            ),
-            slo_ms=100.0,
-            max_batch_size=16,
-            profile_batches=(1, 2, 4, 8, 16),
-            inputs=image(game.RESOLUTION),
-            outputs=probabilities(game.TASKS[name][0]),
-            build=_build_game(name),
-            recipe=f"{name} width={game.WIDTH} resolution={game.RESOLUTION} cut={game.PREFIX_TENSOR}",
-            in_default=False,
-        )
-        for name, question in game_questions.items()
-    ]
     return [
         ExampleModel(
             name="digits",
@@ -191,7 +210,7 @@ def example_models() -> list[ExampleModel]:
             recipe=ocr_recipe,
             optional=ocr_optional,
         ),
-        *game_models,
+        *prefix_family("game", game.EXAMPLE_TASKS),
     ]
 
 
@@ -319,9 +338,8 @@ def _readme(models: list[ExampleModel], repo: Path) -> str:
             continue
         shape = ", ".join(f"{t.name} {t.data_type.removeprefix('TYPE_')} {list(t.dims)}" for t in model.inputs)
         description = model.description
-        if model.name == "digits" or model.name.startswith("game-"):
-            accuracy = _parameter(repo / model.name / "config.pbtxt", "test_accuracy")
-            description += f"; test accuracy {accuracy}" if accuracy else ""
+        accuracy = _parameter(repo / model.name / "config.pbtxt", "test_accuracy")
+        description += f"; test accuracy {accuracy}" if accuracy else ""
         lines.append(f"| {model.name} | {shape} | {model.slo_ms:g} | {model.max_batch_size} | {description} |")
     return "\n".join(lines) + "\n"
 
