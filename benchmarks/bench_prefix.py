@@ -14,9 +14,11 @@ prefix batching runs them); the answers are the same either way (``tests/e2e/tes
 
 Reported per mode: the highest total rate at which every model keeps ≥ 99% of its requests within its
 SLO, by the client's clock (the search of ``squishy.bench``: a grid of rates, bisection in the highest
-passing bracket, a confirming run on the next seed; a fresh server per step), and the server's peak
-resident memory over the search (``VmHWM``). One slot of one thread by default, so that the machine's
-other core runs the server's front door and the load generator and the backend is what binds.
+passing bracket, a confirming run on the next seed; a fresh server per step), and the server's memory:
+resident while serving (``VmRSS`` at the end of a step, the largest over the search) and its peak
+(``VmHWM``, which includes start-up, when each model's graph is read and cut). One slot of one thread by
+default, so that the machine's other core runs the server's front door and the load generator and the
+backend is what binds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -60,7 +64,8 @@ def main() -> None:
         "search_duration_s": args.search_duration,
         "runs": [],
     }
-    print(f"{'family':6s} {'N':>3s}  {'prefix batching':>22s}  {'each model alone':>22s}  ratio")
+    print("memory: resident while serving (peak)")
+    print(f"{'family':6s} {'N':>3s}  {'prefix batching':>29s}  {'each model alone':>29s}  ratio")
     for family in families:
         models = prefix_family(family, list(TASKS)[: max(counts)], slo_ms=args.slo_ms, max_batch_size=MAX_BATCH[family])
         models_dir = RESULTS / "models" / family
@@ -76,16 +81,15 @@ def main() -> None:
 
 
 def _repository(models_dir: Path, names: list[str], path: Path) -> Path:
-    """A repository of the first N models: links to the built ones (their profile caches and cut trunks
-    are shared between the runs)."""
+    """A repository of the first N models, hard-linked to the built ones: no copy of the weights, and
+    nothing resolves outside the repository (the server refuses symbolic links that do)."""
     path.mkdir(parents=True, exist_ok=True)
     for entry in path.iterdir():
-        if entry.is_symlink() and entry.name not in names:
-            entry.unlink()
+        if entry.is_dir() and entry.name not in names:
+            shutil.rmtree(entry)
     for name in names:
-        link = path / name
-        if not link.exists():
-            link.symlink_to((models_dir / name).resolve(), target_is_directory=True)
+        if not (path / name).exists():
+            shutil.copytree(models_dir / name, path / name, copy_function=os.link)
     return path
 
 
@@ -98,24 +102,31 @@ def _compare(family: str, names: list[str], repository: Path, args: argparse.Nam
         config = BenchConfig(
             models=loads, url="http://127.0.0.1:0", duration_s=args.search_duration, warmup_s=4.0, seed=7
         )
-        peaks: list[int] = []
+        memory: list[tuple[int, int]] = []
         found = search(
             config,
             SearchSettings(tolerance=0.03, cooldown_s=0.0),
             isolate=True,
-            fresh_server=_fresh(repository, [*arguments, "--slots", str(args.slots)], peaks),
+            fresh_server=_fresh(repository, [*arguments, "--slots", str(args.slots)], memory),
         )
-        run[mode] = {"max_rate_per_s": found.rate_per_s, "peak_rss_mb": max(peaks) / 1024, "search": found.to_dict()}
-        cells.append(f"{found.rate_per_s:9.0f} req/s {max(peaks) / 1024:6.0f} MB")
+        serving_mb, peak_mb = (max(kb[i] for kb in memory) / 1024 for i in (0, 1))
+        run[mode] = {
+            "max_rate_per_s": found.rate_per_s,
+            "serving_rss_mb": serving_mb,
+            "peak_rss_mb": peak_mb,
+            "search": found.to_dict(),
+        }
+        cells.append(f"{found.rate_per_s:6.0f} req/s {serving_mb:5.0f} MB ({peak_mb:5.0f})")
     prefix, alone = (run[mode]["max_rate_per_s"] for mode in MODES)  # type: ignore[index]
     run["ratio"] = prefix / alone if alone else None
     ratio = f"{prefix / alone:.2f}" if alone else "inf"
-    print(f"{family:6s} {len(names):3d}  {cells[0]:>22s}  {cells[1]:>22s}  {ratio}", flush=True)
+    print(f"{family:6s} {len(names):3d}  {cells[0]:>29s}  {cells[1]:>29s}  {ratio}", flush=True)
     return run
 
 
-def _fresh(repository: Path, arguments: list[str], peaks: list[int]):  # type: ignore[no-untyped-def]
-    """A fresh server per search step; its peak resident memory (kB) is appended to ``peaks`` as it stops."""
+def _fresh(repository: Path, arguments: list[str], memory: list[tuple[int, int]]):  # type: ignore[no-untyped-def]
+    """A fresh server per search step; its resident and peak memory (kB) are appended to ``memory`` as it
+    stops."""
 
     @contextlib.contextmanager
     def fresh_server() -> Iterator[str]:
@@ -123,17 +134,20 @@ def _fresh(repository: Path, arguments: list[str], peaks: list[int]):  # type: i
             try:
                 yield server.http_url
             finally:
-                peaks.append(_peak_rss_kb(server.process.pid))
+                memory.append(_memory_kb(server.process.pid))
 
     return fresh_server
 
 
-def _peak_rss_kb(pid: int) -> int:
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a running process, in kB."""
+    fields: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
 
 
 if __name__ == "__main__":
