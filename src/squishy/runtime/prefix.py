@@ -180,10 +180,17 @@ def group_cuts(cuts: Sequence[PrefixCut]) -> list[list[PrefixCut]]:
 
 
 def head_profile(model: Profile, trunk: Profile) -> Profile:
-    """A head's ℓ(b) as the scheduler counts it: the whole model's minus the trunk's (at least 0), at the
-    batch sizes both were measured at; what the ``null`` executor sleeps for a head."""
+    """A head's ℓ(b) as the scheduler counts it: the whole model's minus the trunk's, at the batch sizes
+    both were measured at; what the ``null`` executor sleeps for a head.
+
+    A tiny head measured apart from a large trunk can come out at or below zero (timing noise is larger
+    than the head); it is floored at 1% of the model's own latency, and at 1 µs, because a profile's
+    latencies must be positive and a head is never free."""
     sizes = [b for b in model.batch_ms if b in trunk.batch_ms] or list(model.batch_ms)
-    table = {str(b): max(0.0, model.batch_latency_ms(b) - trunk.batch_latency_ms(b)) for b in sizes}
+    table = {}
+    for b in sizes:
+        whole = model.batch_latency_ms(b)
+        table[str(b)] = max(whole - trunk.batch_latency_ms(b), whole * 0.01, 1e-3)
     return Profile.from_dict({"model": f"{model.model}/head", "device": model.device, "batch_ms": table})
 
 
