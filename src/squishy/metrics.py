@@ -39,6 +39,8 @@ squishy's own:
   ``squishy_batch_retries_total{model,version}``  failed batches whose requests were retried one by one
   ``squishy_hung_batches_total{model,version}``  batches the watchdog gave up on (the model is then
       unavailable until it is loaded again)
+  ``squishy_slots_lost_total{slot}``  slots whose process died (a Ray actor or its node); the plan then
+      uses the others
   ``squishy_event_loop_lag_ms``  histogram of the serving loop's lag (how late a 5 ms timer ran)
   ``squishy_batch_size{model,version}``  histogram of executed batch sizes
   ``squishy_plan_backends``  backends in the current plan
@@ -287,6 +289,9 @@ class ServerMetrics:
             mv,
             registry=self.registry,
         )
+        self._slots_lost = Counter(
+            "squishy_slots_lost", "Slots whose process died (a Ray actor or its node)", ["slot"], registry=self.registry
+        )
         self._loop_lag_ms = Histogram(
             "squishy_event_loop_lag_ms",
             "How late the serving event loop ran a timer (ms): the wait a request arriving now has",
@@ -419,6 +424,9 @@ class ServerMetrics:
 
     def record_hang(self, model: str, version: str) -> None:
         self._hung.labels(model, version).inc()
+
+    def record_slot_lost(self, slot: int) -> None:
+        self._slots_lost.labels(str(slot)).inc()
 
     def record_variant(self, task: str, variant: str) -> None:
         self._variant_requests.labels(task, variant).inc()

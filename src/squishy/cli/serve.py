@@ -36,6 +36,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--slots", type=int, help="execution slots (backends); default: one per core")
     parser.add_argument("--threads-per-slot", type=int, help="intra-op threads per slot; default: cores / slots")
     parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each slot as an actor on this Ray cluster ('auto': the one `ray start` made here; "
+        "host:port: its head); slots default to its CPUs / threads per slot (docs/deploy.md)",
+    )
+    parser.add_argument(
         "--executor",
         choices=EXECUTORS,
         default="auto",
@@ -123,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         args.host, {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
     )
     repository = ModelRepository(args.repository, default_slo_ms=args.default_slo_ms)
+    backends = _ray_backends(args) if args.ray else None
     config = ServingConfig(
-        layout=slot_layout(args.slots, args.threads_per_slot),
+        layout=backends.layout if backends is not None else slot_layout(args.slots, args.threads_per_slot),
+        executor_factory=backends.executor if backends is not None else None,
         executor=args.executor,
         epoch_s=args.epoch_s,
         network_ms=args.network_ms,
@@ -138,8 +146,27 @@ def run(args: argparse.Namespace) -> int:
     )
     import uvloop
 
-    uvloop.run(_serve(args, repository, config, control, door))
+    try:
+        uvloop.run(_serve(args, repository, config, control, door))
+    finally:
+        if backends is not None:
+            backends.close()
     return 0
+
+
+def _ray_backends(args: argparse.Namespace) -> Any:
+    try:
+        from squishy.cluster.ray import RayBackends
+    except ImportError as exc:
+        raise SquishyError(f"--ray needs Ray ({exc.name or exc}): pip install 'squishy[ray]'") from None
+    backends = RayBackends(args.ray, slots=args.slots, threads_per_slot=args.threads_per_slot)
+    print(
+        f"squishy: {backends.layout.slots} slots of {backends.layout.threads_per_slot} thread(s) on the Ray "
+        f"cluster at {args.ray}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return backends
 
 
 def repository_control(args: argparse.Namespace) -> RepositoryControl:

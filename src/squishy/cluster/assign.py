@@ -55,20 +55,28 @@ class Assignment:
         return [(slot, key, rate) for (slot, key), rate in merged.items()]
 
 
-def map_backends(plan: Plan, previous: Mapping[int, int], slot_count: int | None) -> dict[int, int]:
-    """Plan backend id → slot, keeping each surviving backend on the slot it had."""
+def map_backends(
+    plan: Plan, previous: Mapping[int, int], slot_count: int | None, lost: frozenset[int] = frozenset()
+) -> dict[int, int]:
+    """Plan backend id → slot, keeping each surviving backend on the slot it had; ``lost`` slots (their
+    process died) take none."""
     if slot_count is None:
         return {b.backend_id: b.backend_id for b in plan.backends}
-    mapping = {b.backend_id: previous[b.backend_id] for b in plan.backends if b.backend_id in previous}
+    mapping = {
+        b.backend_id: previous[b.backend_id]
+        for b in plan.backends
+        if b.backend_id in previous and previous[b.backend_id] not in lost
+    }
     used = set(mapping.values())
-    free = [slot for slot in range(slot_count) if slot not in used]
+    free = [slot for slot in range(slot_count) if slot not in used and slot not in lost]
     for backend in plan.backends:
         if backend.backend_id in mapping:
             continue
         if free:
             mapping[backend.backend_id] = free.pop(0)
         else:  # more backends than slots: share the least-loaded slot
-            load = {slot: sum(1 for v in mapping.values() if v == slot) for slot in range(slot_count)}
+            usable = [slot for slot in range(slot_count) if slot not in lost] or list(range(slot_count))
+            load = {slot: sum(1 for v in mapping.values() if v == slot) for slot in usable}
             mapping[backend.backend_id] = min(load, key=lambda slot: (load[slot], slot))
     return mapping
 
@@ -80,10 +88,12 @@ def assign(
     latency_ms: Callable[[Allocation, int], float],
     max_batch: Callable[[Allocation], int],
     burst: bool = True,
+    lost: frozenset[int] = frozenset(),
 ) -> Assignment:
     """Place ``plan`` on the slots. ``latency_ms(allocation, b)`` is the scheduled ℓ(b) the plan was made
-    with (margins included) and ``max_batch(allocation)`` the largest batch it may run."""
-    mapping = map_backends(plan, previous, slot_count)
+    with (margins included) and ``max_batch(allocation)`` the largest batch it may run; ``lost`` slots
+    are not used."""
+    mapping = map_backends(plan, previous, slot_count, lost)
     shares: dict[int, dict[SessionKey, SessionShare]] = {}
     cycles: dict[int, float | None] = {}
     budgets: dict[int, float] = {}

@@ -22,7 +22,7 @@ from squishy.batching import Item
 from squishy.batching.turn import BackendTurn, Slot, Turn
 from squishy.clock import SYSTEM_CLOCK, Clock
 from squishy.runtime.api import ModelSpec
-from squishy.runtime.executors import Executor
+from squishy.runtime.executors import Executor, SlotLostError
 from squishy.runtime.prefix import PrefixExecutor
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,10 @@ class BatchSink:
         """A batch failed and its requests are about to be run one by one."""
 
     def dropped(self, slot: Slot, items: Sequence[Item]) -> None: ...
+
+    def slot_lost(self, worker: Worker, slot: Slot, items: Sequence[Item], error: SlotLostError) -> None:
+        """The process behind ``worker``'s slot is gone, with ``items`` in flight; the worker stops."""
+        self.batch_failed(slot, items, error)
 
 
 class BatchWatch:
@@ -193,6 +197,9 @@ class Worker:
         executor = self.running.executor
         try:
             outputs, timing = run_batch(work.spec, executor, turn.batch, self._clock)
+        except SlotLostError as error:  # nothing runs here any more: not worth retrying on this slot
+            if not self.abandoned:
+                self._sink.slot_lost(self, slot, turn.batch, error)
         except Exception as error:  # an executor failure fails this batch, never the worker
             if self.abandoned:
                 return
@@ -212,7 +219,7 @@ class Worker:
         """A failed batch's requests, each run alone while its deadline allows: an input that makes the
         model raise fails only its own request, not the others batched with it."""
         work: SessionWork = slot.payload
-        for item in items:
+        for position, item in enumerate(items):
             now_ms = self._clock.now_ms()
             expected_ms = slot.queue.latency_ms(item.size)
             if now_ms + expected_ms > item.deadline_ms:
@@ -222,6 +229,10 @@ class Worker:
             self._watch.started(self.running)
             try:
                 outputs, timing = run_batch(work.spec, executor, [item], self._clock)
+            except SlotLostError as lost:
+                if not self.abandoned:
+                    self._sink.slot_lost(self, slot, items[position:], lost)
+                return
             except Exception as single_error:
                 if self.abandoned:
                     return

@@ -55,7 +55,7 @@ from squishy.runtime.backend import BatchSink, BatchTiming, RunningBatch, Sessio
 from squishy.runtime.calls import check_call_inputs
 from squishy.runtime.composite import CallStage, application_tree, below_ms, ensemble_tree
 from squishy.runtime.ensemble import PLATFORM_ENSEMBLE, Ensemble, EnsembleStep, run_ensemble
-from squishy.runtime.executors import Executor, make_executor
+from squishy.runtime.executors import Executor, SlotLostError, make_executor
 from squishy.runtime.prefix import (
     PrefixCut,
     PrefixError,
@@ -87,6 +87,9 @@ _Runner = Callable[[InferRequest, float], Awaitable[InferResponse]]  # a composi
 VARIANT_PARAMETER = "squishy_variant"  # response parameter: the variant model that answered a task's request
 
 
+ExecutorFactory = Callable[[int, ModelSpec, str, int, Profile | None], Executor]
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     layout: SlotLayout = field(default_factory=slot_layout)
@@ -109,6 +112,9 @@ class ServingConfig:
     answer_at_deadline: bool = True
     hang: HangBound = field(default_factory=HangBound)  # when a slot's batch counts as hung
     profile_progress: bool = False
+    # Where slots' executors run: None, in this process; else (slot, spec, kind, threads, profile) → an
+    # executor on that slot's own process (``squishy.cluster.ray.RayBackends.executor``).
+    executor_factory: ExecutorFactory | None = None
 
     def __post_init__(self) -> None:
         if self.query_split not in ("dp", "even"):
@@ -178,6 +184,7 @@ class _Pending:
     task: ServedTask | None = None
     routed: str = ""  # the session admission chose (a burst may move it to a cheaper variant)
     answered: bool = False  # set under the core's answer lock: the watchdog and the worker may both try
+    retried: bool = False  # moved once already, off a slot that was lost
 
 
 @dataclass
@@ -286,6 +293,9 @@ class ServingCore(BatchSink, HangSink):
         self._requested: set[str] = set()  # models asked to load (at start or through the API)
         self._retiring: set[str] = set()  # sessions a reload replaces: serving until the new plan is in
         self._executors: dict[tuple[int, str], Executor] = {}
+        self._lost_slots: set[int] = set()  # slots whose process died (``slot_lost``): out of every plan
+        self._stranded: list[tuple[str, Item]] = []  # requests of a lost slot waiting for the next plan
+        self._rerouting: set[str] = set()  # sessions a lost slot left with no route until the re-plan
         # Session id → where its requests go (a prefix group's members each by their own rates in it).
         self._routers: dict[str, DeficitRoundRobin[int]] = {}
         self._trunks: dict[str, _Trunk] = {}  # a prefix group's session id → the group
@@ -424,8 +434,9 @@ class ServingCore(BatchSink, HangSink):
 
     def submit(self, request: InferRequest, reply: Reply) -> int:
         """Route and queue a request; ``reply`` is called once with its response or its error (from a
-        worker thread). Returns the slot it was queued on. Raises at once, answering nothing, when the
-        request is invalid, its model not scheduled, or it cannot finish within its deadline."""
+        worker thread). Returns the slot it was queued on (-1: it waits for the re-plan after its slot was
+        lost). Raises at once, answering nothing, when the request is invalid, its model not scheduled, or
+        it cannot finish within its deadline."""
         spec = self.model_spec(request.model_name, request.model_version)
         sid = session_id(spec)
         now_ms = self.clock.now_ms()
@@ -449,7 +460,7 @@ class ServingCore(BatchSink, HangSink):
                 sid, spec = serving, self._sessions[serving].spec
                 router = self._routers.get(sid)
         session = self._sessions.get(sid)
-        if router is None or session is None:
+        if (router is None and sid not in self._rerouting) or session is None:
             if not counted and session is not None:
                 self.control.record(sid, now_ms / 1000.0)  # traffic for a variant no task chose plans it
             raise self._not_scheduled(spec)
@@ -472,6 +483,10 @@ class ServingCore(BatchSink, HangSink):
         )
         with self.lock:
             router = self._routers.get(sid)  # again: a new plan or the watchdog may have changed it
+            if router is None and sid in self._rerouting:
+                item.payload.retried = True  # its slot was lost a moment ago: it waits for the re-plan
+                self._stranded.append((sid, item))
+                return -1
             if router is None:
                 raise self._not_scheduled(spec)
             target = self._queue(sid, router, item, now_ms)
@@ -979,6 +994,7 @@ class ServingCore(BatchSink, HangSink):
             len(self.workers),
             self._scheduled_latency,
             self._max_batch,
+            lost=frozenset(self._lost_slots),
         )
         self._load_executors(assignment)
         return assignment
@@ -1045,24 +1061,32 @@ class ServingCore(BatchSink, HangSink):
         kind = "null" if self.config.executor.startswith("null") else self.config.executor
         needed = {(slot, str(share.key.model)) for slot, plan in assignment.slots.items() for share in plan.shares}
         if self.config.work_stealing:  # every slot can run every planned session's stolen batches
-            needed |= {(w, sid) for w in range(len(self.workers)) for _, sid in needed}
+            needed |= {(w, sid) for w in self._live_slots() for _, sid in needed}
         for key in sorted(needed):
             if key not in self._executors:
-                self._executors[key] = self._make_executor(key[1], kind, threads)
+                self._executors[key] = self._make_executor(*key, kind, threads)
 
-    def _make_executor(self, sid: str, kind: str, threads: int) -> Executor:
+    def _make_executor(self, slot: int, sid: str, kind: str, threads: int) -> Executor:
         null = self.config.executor == "null"  # sleeps the profiled ℓ(b); null-zero does no work at all
+        factory = self.config.executor_factory
+
+        def make(spec: ModelSpec, profile: Profile) -> Executor:
+            if factory is not None:
+                return factory(slot, spec, kind, threads, profile if null else None)
+            return make_executor(spec, kind, threads, profile if null else None, self.clock)
+
         trunk = self._trunks.get(sid)
         if trunk is None:
             session = self._sessions[sid]
-            return make_executor(session.spec, kind, threads, session.profile if null else None, self.clock)
+            return make(session.spec, session.profile)
         trunk_profile = trunk.session.profile
-        trunk_executor = make_executor(trunk.session.spec, kind, threads, trunk_profile if null else None, self.clock)
-        heads = {}
-        for member, head in trunk.heads.items():
-            profile = head_profile(self._sessions[member].profile, trunk_profile) if null else None
-            heads[member] = make_executor(head, kind, threads, profile, self.clock)
-        return PrefixExecutor(trunk.session.spec, trunk_executor, heads, trunk.tensor, _member_of)
+        heads = {
+            member: make(head, head_profile(self._sessions[member].profile, trunk_profile))
+            for member, head in trunk.heads.items()
+        }
+        return PrefixExecutor(
+            trunk.session.spec, make(trunk.session.spec, trunk_profile), heads, trunk.tensor, _member_of
+        )
 
     def _install(self, plan: Plan | None, assignment: Assignment) -> int:
         """Under the lock: switch to ``plan``. Returns how many sessions landed on a slot they were not on."""
@@ -1111,6 +1135,8 @@ class ServingCore(BatchSink, HangSink):
                 member_weights[slot_index] = member_weights.get(slot_index, 0.0) + rate
             if sum(member_weights.values()) > 0:
                 self._routers[member] = DeficitRoundRobin(list(member_weights), list(member_weights.values()))
+        orphans.extend(self._stranded)  # a lost slot's requests that no slot could take before this plan
+        self._stranded = []
         self.requests_moved += len(orphans)
         now_ms = self.clock.now_ms()
         for sid, item in orphans:  # queued requests move with their session
@@ -1134,7 +1160,7 @@ class ServingCore(BatchSink, HangSink):
         # running on one keeps its own reference, so it is freed when that batch is done, not under it.
         in_use = {(w, str(s.key.model)) for w, p in assignment.slots.items() for s in p.shares}
         if self.config.work_stealing:
-            in_use |= {(w, sid) for w in range(len(self.workers)) for sid in planned}
+            in_use |= {(w, sid) for w in self._live_slots() for sid in planned}
         self._executors = {key: executor for key, executor in self._executors.items() if key in in_use}
         self.lock.notify_all()
         if plan is not None:
@@ -1329,6 +1355,71 @@ class ServingCore(BatchSink, HangSink):
         self._unschedulable.setdefault(name, "it stopped responding")
         task = asyncio.ensure_future(self.replan("hang"))
         task.add_done_callback(_log_failure)
+
+    def _live_slots(self) -> list[int]:
+        return [index for index in range(len(self.workers)) if index not in self._lost_slots]
+
+    def slot_lost(self, worker: Worker, slot: Slot, items: Sequence[Item], error: SlotLostError) -> None:
+        """A slot's process is gone (its Ray actor or its node died); called from that slot's worker. The
+        slot leaves every plan for good; the requests it held (the batch in flight and its queues) go once
+        to another slot of their session while their deadlines allow, or get an error now; and the plan
+        is made again for the slots that remain."""
+        with self.lock:
+            if worker.abandoned or self.workers[worker.index] is not worker:
+                return
+            worker.abandoned = True  # its thread exits; nothing runs on the slot again
+            self._lost_slots.add(worker.index)
+            self.control.capacity = len(self._live_slots())
+            turn = worker.turn
+            held = [(slot, item) for item in items] + [(s, item) for s in turn.slots for item in s.queue.drain()]
+            turn.assign([], steal_budget_ms=turn.steal_budget_ms, stealable=frozenset())
+            turn.busy = False
+            self._executors = {key: e for key, e in self._executors.items() if key[0] != worker.index}
+            for sid, router in list(self._routers.items()):
+                kept = [(t, w) for t, w in zip(router.targets, router.weights, strict=True) if t != worker.index]
+                if len(kept) == len(router.targets):
+                    continue
+                if sum(w for _, w in kept) > 0:
+                    self._routers[sid] = DeficitRoundRobin([t for t, _ in kept], [w for _, w in kept])
+                else:
+                    del self._routers[sid]
+                    self._rerouting.add(sid)
+            now_ms = self.clock.now_ms()
+            failed: list[Item] = []
+            for held_slot, item in held:
+                pending: _Pending = item.payload
+                if pending.answered:
+                    continue
+                sid = str(held_slot.session) if held_slot.session in self._sessions else pending.routed
+                router = self._routers.get(sid)
+                if pending.retried:
+                    failed.append(item)
+                elif router is None:  # no other slot runs its session yet: it waits for the new plan
+                    pending.retried = True
+                    self._stranded.append((sid, item))
+                elif self._queue(sid, router, item, now_ms) is None:
+                    failed.append(item)
+                else:
+                    pending.retried = True
+            self.lock.notify_all()
+        logger.error("slot %d is lost (%s); %d requests it held get an error", worker.index, error, len(failed))
+        self.metrics.record_slot_lost(worker.index)
+        self._fail(self._claim(failed), UnavailableError(f"{error}; no other slot could take the request in time"))
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._replan_after_loss)
+
+    def _replan_after_loss(self) -> None:
+        task = asyncio.ensure_future(self.replan("slot lost"))
+        task.add_done_callback(_log_failure)
+        task.add_done_callback(lambda _: self._fail_stranded())
+
+    def _fail_stranded(self) -> None:
+        """After the re-plan that follows a loss: whatever it could not place is answered now, not never."""
+        with self.lock:
+            stranded = [item for _, item in self._stranded]
+            self._stranded = []
+            self._rerouting.clear()
+        self._fail(self._claim(stranded), UnavailableError("its slot was lost and no plan could place it again"))
 
     def dropped(self, slot: Slot, items: Sequence[Item]) -> None:
         for item in items:

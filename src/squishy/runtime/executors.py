@@ -44,6 +44,11 @@ class ExecutorError(InternalError):
     """An executor could not be created or failed to run a batch; the message names the model and why."""
 
 
+class SlotLostError(ExecutorError):
+    """The process that runs a slot's executors is gone (a Ray actor, or its whole node, died): the slot
+    leaves the plan and the batch it held is retried elsewhere."""
+
+
 def _check_loadable(spec: ModelSpec, threads: int) -> None:
     if spec.model_path is None:
         raise ExecutorError(f"model {spec.name!r}: no model file to load")
