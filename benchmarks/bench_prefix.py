@@ -107,7 +107,9 @@ def _compare(family: str, names: list[str], repository: Path, args: argparse.Nam
             config,
             SearchSettings(tolerance=0.03, cooldown_s=0.0),
             isolate=True,
-            fresh_server=_fresh(repository, [*arguments, "--slots", str(args.slots)], memory),
+            fresh_server=_fresh(
+                repository, [*arguments, "--slots", str(args.slots), "--threads-per-slot", "1"], memory
+            ),
         )
         serving_mb, peak_mb = (max(kb[i] for kb in memory) / 1024 for i in (0, 1))
         run[mode] = {
