@@ -47,6 +47,8 @@ squishy's own:
   ``squishy_plan_duty_cycle_ms{backend}``, ``squishy_plan_occupancy{backend}``
   ``squishy_plan_batch{model,version,slo_ms,backend}``  batch size the plan gives a session on a backend
   ``squishy_plan_rate{model,version,slo_ms}``  requests/s the plan provisions for a session
+  ``squishy_plan_backends_required``  backends the measured load needs at the target headroom (above
+      ``squishy_plan_backends`` when capacity binds: what an autoscaler should add)
   ``squishy_plan_headroom``  the multiple of the measured load the plan is made for (< 1: capacity binds)
   ``squishy_capacity_shortfall_rps{model,version}``  measured requests/s the plan does not admit
   ``squishy_plan_prefix_group{model,version,prefix}``  1 for each model the plan runs in a prefix group
@@ -332,6 +334,11 @@ class ServerMetrics:
             "Multiple of the measured load the plan in force is made for (below 1: the slots cannot carry it all)",
             registry=self.registry,
         )
+        self._required = Gauge(
+            "squishy_plan_backends_required",
+            "Backends the measured load needs at the target headroom (above squishy_plan_backends when capacity binds)",
+            registry=self.registry,
+        )
         self._shortfall = Gauge(
             "squishy_capacity_shortfall_rps",
             "Requests/s of a model's measured load beyond what the plan in force admits (shed at once)",
@@ -442,9 +449,11 @@ class ServerMetrics:
         self._variant_chosen.labels(task, variant).set(accuracy)
         self._variant_share.labels(task).set(share)
 
-    def set_capacity(self, headroom: float, shortfall: Mapping[tuple[str, str], float]) -> None:
-        """The plan's headroom, and per (model, version) the measured load it does not admit."""
+    def set_capacity(self, headroom: float, shortfall: Mapping[tuple[str, str], float], required_backends: int) -> None:
+        """The plan's headroom, the backends the load needs, and per (model, version) the measured load
+        the plan does not admit."""
         self._headroom.set(headroom)
+        self._required.set(required_backends)
         self._shortfall.clear()
         for (model, version), rate in shortfall.items():
             self._shortfall.labels(model, version).set(rate)

@@ -158,6 +158,25 @@ def test_a_plan_with_headroom_is_revised_once_the_load_passes_what_it_was_measur
     assert loop.decide(11.5, ["a"]).reason is ReplanReason.OVERLOAD  # 160 > 1.1 × 80, within 2 × 80 or not
 
 
+def test_the_backends_the_load_needs_are_reported_beyond_the_capacity():
+    """What an autoscaler reads: with 4 slots and 1,000 req/s at 100 req/s per backend and 1.5× headroom,
+    the plan uses the 4 and says 15 are needed; with room to spare, what the plan uses is what it needs."""
+
+    class Planner:
+        def fresh(self, rates):  # one backend per 100 req/s
+            return Plan(tuple(Backend(i, 10.0, ()) for i in range(max(1, math.ceil(sum(rates.values()) / 100)))), 0.0)
+
+        def incremental(self, previous, rates):
+            return self.fresh(rates)
+
+    loop = ControlLoop(ControlConfig(max_headroom=1.5), Planner(), capacity=4)
+    bound = loop.plan_for(PlanRequest(ReplanReason.NEW_SESSION, 0.0, {"a": 600.0, "b": 400.0}))
+    assert bound.plan.num_backends == 4 and bound.headroom < 1.0
+    assert bound.required_backends == 15
+    spare = loop.plan_for(PlanRequest(ReplanReason.NEW_SESSION, 0.0, {"a": 150.0}))
+    assert spare.headroom == 1.5 and spare.required_backends == spare.plan.num_backends == 3
+
+
 def test_a_step_in_mid_window_is_estimated_from_the_windows_wholly_after_it():
     estimator = RateEstimator(window_s=1.0, time_constant_s=10.0)
     estimator.record_times("a", np.arange(0.0, 30.0, 1 / 200))

@@ -210,7 +210,9 @@ def test_load_beyond_the_slots_is_planned_for_in_part_and_the_shortfall_is_repor
     shortfall = float(
         re.search(r'^squishy_capacity_shortfall_rps\{model="lin",version="1"\} (\S+)$', text, re.M).group(1)
     )
+    required = float(re.search(r"^squishy_plan_backends_required (\S+)$", text, re.M).group(1))
     assert headroom < 0.5
     assert 500.0 < shortfall < 1000.0  # most of the 1,000 req/s measured is beyond what one slot carries
+    assert required >= 3  # what an autoscaler should provide: about 1,000 / 330 slots, and more for headroom
     late = [o for o in server.outcomes.values() if o.status == "late"]
     assert len(late) < 0.01 * len(server.outcomes)  # what is not admitted is shed, not served late

@@ -6,7 +6,7 @@ import pytest
 
 from squishy.profiles import Profile
 from squishy.scheduler import PrefixGroup, Session, Workload, make_plan
-from squishy.scheduler.demand import build_demands
+from squishy.scheduler.demand import build_demands, head_key
 
 from .invariants import violations
 
@@ -59,3 +59,20 @@ def test_group_profile_charges_each_suffix_on_its_slice():
     padded = (64, 32, 16)
     expected = (6.0 + 0.9 * 64) + sum(0.5 + 0.05 * s for s in padded)
     assert group.profile.latency_ms(64) == pytest.approx(expected)
+
+
+def test_a_measured_head_is_charged_rather_than_the_difference_of_two_noisy_profiles():
+    """Whole models measured as the trunk plus noise (some below it, some above): the difference would
+    charge each head the noise; a head's own profile, where given, is what the group pays."""
+    profiles = catalog()
+    noise = {"icon_a": 3.0, "icon_b": -2.0, "icon_c": 4.0}
+    for name, extra in noise.items():
+        noisy = {str(b): 6.0 + 0.9 * b + extra for b in BATCHES}
+        profiles[name] = Profile.from_dict({"model": name, "batch_ms": noisy})
+    demands, _, _ = build_demands(workload(True), profiles)
+    assert demands[0].profile.latency_ms(1) == pytest.approx(6.9 + 3.0 + 0.0 + 4.0)  # noise above the trunk
+    for name in noise:
+        head = {str(b): 0.5 + 0.05 * b for b in BATCHES}
+        profiles[head_key(name)] = Profile.from_dict({"model": head_key(name), "batch_ms": head})
+    demands, _, _ = build_demands(workload(True), profiles)
+    assert demands[0].profile.latency_ms(1) == pytest.approx(6.9 + 3 * 0.55)

@@ -96,6 +96,13 @@ class PlanDecision:
     headroom: float  # the plan is for this multiple of the measured rates (< 1: capacity binds)
     fits: bool  # False: not even a sliver fits; the plan has more backends than the capacity
     choice: Choice | None = None  # the variants chosen (None: no task has variants)
+    # Backends the plan would use for the measured rates at the target headroom if the capacity did not
+    # bind: what an autoscaler should provide (``squishy_plan_backends_required``).
+    required_backends: int = 0
+
+    def __post_init__(self) -> None:
+        if self.required_backends < self.plan.num_backends:
+            object.__setattr__(self, "required_backends", self.plan.num_backends)
 
 
 @dataclass
@@ -161,7 +168,10 @@ class ControlLoop:
             return {key: rate * scale for key, rate in rates.items()}
 
         def decided(plan: Plan, scale: float, fits: bool = True) -> PlanDecision:
-            return PlanDecision(request, plan, scale, fits, choice)
+            # Below the target the capacity bound: the plan it would have made without the bound says
+            # how many backends the load needs.
+            required = self.planner.fresh(scaled(target)).num_backends if scale < target else 0
+            return PlanDecision(request, plan, scale, fits, choice, required)
 
         if self.plan is not None:
             moved = self.planner.incremental(self.plan, scaled(target))

@@ -70,7 +70,7 @@ from squishy.runtime.stats import StatisticsBook
 from squishy.runtime.tasks import ServedTask, VariantSession, scheduler_task, task_problem
 from squishy.runtime.watchdog import HangBound, HangSink, Watchdog
 from squishy.scheduler import Allocation, Plan, PrefixGroup, Session, SessionKey, Settings, Workload, make_plan
-from squishy.scheduler.demand import allocation_profile, scheduled_profile
+from squishy.scheduler.demand import allocation_profile, head_key, scheduled_profile
 from squishy.scheduler.queries import split_tree
 from squishy.scheduler.replan import replan
 from squishy.scheduler.variants import Task
@@ -146,6 +146,7 @@ class _Session:
     settings: Settings
     cut: PrefixCut | None = None  # the model cut at its prefix_tensor, when it declares one
     trunk_profile: Profile | None = None  # the trunk's ℓ(b), measured here, when it has a cut
+    head_profile: Profile | None = None  # its head's own ℓ(b), when measured (``prefix_demand``)
     latency: LatencyModel = field(init=False)  # ℓ(n) for early drop, with the observed slowdown
     scheduled: Profile = field(init=False)  # the profile with the scheduler's margins
 
@@ -307,6 +308,7 @@ class ServingCore(BatchSink, HangSink):
         self._control_task: asyncio.Task[None] | None = None
         self._threads = False
         self._started = False
+        self.draining = False  # stopping: readiness is false so that load balancers move away (``drain``)
         self.requests_moved = 0  # queued requests that followed their session to another slot
 
     @property
@@ -359,8 +361,13 @@ class ServingCore(BatchSink, HangSink):
     def is_live(self) -> bool:
         return True
 
+    def drain(self) -> None:
+        """Readiness turns false for good; requests that still arrive are served as before (a load
+        balancer takes a moment to notice, and what it already sent must not be lost)."""
+        self.draining = True
+
     def is_ready(self) -> bool:
-        if not self._started:
+        if not self._started or self.draining:
             return False
         if not self.config.strict_readiness:
             return bool(self._sessions)
@@ -707,19 +714,29 @@ class ServingCore(BatchSink, HangSink):
         try:
             profile = await asyncio.to_thread(self._scheduling_profile, spec)
             _check_feasible(spec, profile, self.config)
-            cut = trunk_profile = None
+            cut = trunk_profile = head = None
             if self.config.prefix_batching and prefix_tensor(spec) is not None:
                 cut = await asyncio.to_thread(cut_model, spec)
                 trunk_profile = self._trunk_profile(cut) or await asyncio.to_thread(
                     self._scheduling_profile, cut.trunk_spec()
                 )
+                head = await asyncio.to_thread(self._head_profile, cut)
         except (SquishyError, OSError, PrefixError) as exc:
             logger.warning("model %s version %s will not be served: %s", spec.name, spec.version, exc)
             return str(exc)
         batching = spec.config.dynamic_batching if spec.config is not None else None
         levels = int(batching.priority_levels) if batching is not None else 0
         default = int(batching.default_priority_level) if batching is not None else 0
-        return _Session(sid, spec, profile, levels, default or levels, self.config.settings, cut, trunk_profile)
+        return _Session(sid, spec, profile, levels, default or levels, self.config.settings, cut, trunk_profile, head)
+
+    def _head_profile(self, cut: PrefixCut) -> Profile | None:
+        """The head's own ℓ(b), measured like a model's (a head is small: milliseconds), or given beside it
+        (``prefix-<tensor>/head.profile.json``). None where the user gave the model's profile and not the
+        head's: the scheduler then takes the model's minus the trunk's, from the numbers the user gave."""
+        head = replace(cut.head_spec(), name=f"{cut.model.name}.head")
+        if self.repository.user_profiled(cut.model) and not self.repository.user_profiled(head):
+            return None
+        return self._scheduling_profile(head)
 
     def _insert(self, spec: ModelSpec, made: _Session | ServedTask | Ensemble | Application) -> str:
         sid = session_id(spec)
@@ -775,12 +792,17 @@ class ServingCore(BatchSink, HangSink):
         follows the machine as it is), every session's and every prefix group's trunk's."""
         profiles = {sid: s.planning_profile() for sid, s in self._sessions.items()}
         profiles.update({sid: t.session.planning_profile() for sid, t in self._trunks.items()})
+        profiles.update(self._head_profiles())
         return profiles
+
+    def _head_profiles(self) -> dict[str, Profile]:
+        return {head_key(sid): s.head_profile for sid, s in self._sessions.items() if s.head_profile is not None}
 
     def _profiled(self) -> dict[str, Profile]:
         """Every session's and trunk's profile as measured (early drop scales it by its own slowdown)."""
         profiles = {sid: s.profile for sid, s in self._sessions.items()}
         profiles.update({sid: t.session.profile for sid, t in self._trunks.items()})
+        profiles.update(self._head_profiles())
         return profiles
 
     def _max_batch(self, allocation: Allocation) -> int:
@@ -1033,6 +1055,7 @@ class ServingCore(BatchSink, HangSink):
         self.metrics.set_capacity(
             decision.headroom,
             {labels[str(sid)]: rate * short for sid, rate in decision.request.rates.items() if str(sid) in labels},
+            decision.required_backends,
         )
         logger.info(
             "plan (%s): %d backends, %d sessions, headroom %.2fx",
@@ -1081,7 +1104,9 @@ class ServingCore(BatchSink, HangSink):
             return make(session.spec, session.profile)
         trunk_profile = trunk.session.profile
         heads = {
-            member: make(head, head_profile(self._sessions[member].profile, trunk_profile))
+            member: make(
+                head, self._sessions[member].head_profile or head_profile(self._sessions[member].profile, trunk_profile)
+            )
             for member, head in trunk.heads.items()
         }
         return PrefixExecutor(

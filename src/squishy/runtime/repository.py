@@ -895,6 +895,15 @@ class ModelRepository:
             spec=spec,
         )
 
+    def user_profiled(self, spec: ModelSpec) -> bool:
+        """Whether ``spec``'s ℓ(b) is given by the user (``profile.json`` or ``<stem>.profile.json``), not
+        measured here."""
+        try:
+            given = self.user_profile_path(spec.name)
+        except InvalidRequestError:  # not a model directory's name (a trunk's or a head's)
+            given = None
+        return given is not None or self._profiled_beside(spec) is not None
+
     def _profiled_beside(self, spec: ModelSpec) -> Path | None:
         """What ``squishy profile <model file>`` writes by default: ``<stem>.profile.json`` beside the file."""
         if spec.model_path is None:

@@ -161,17 +161,30 @@ def build_demands(
     return demands, query_split, idle
 
 
+def head_key(model: str) -> str:
+    """Where a prefix group member's head's own ℓ(b) is found in the profiles, when it was measured."""
+    return f"{model}#head"
+
+
 def prefix_demand(prefix: str, members: list[Session], profiles: Mapping[str, Profile], settings: Settings) -> Demand:
     """One demand for a prefix group: the trunk runs once on the summed batch, each suffix on its slice.
 
-    ℓ_group(b) = ℓ_trunk(b) + Σ_i suffix_i(⌈b·r_i/R⌉) with suffix_i(n) = ℓ_i(n) − ℓ_trunk(n): each member's
-    own profile minus the trunk's. The group's SLO is the tightest of its members'.
+    ℓ_group(b) = ℓ_trunk(b) + Σ_i suffix_i(⌈b·r_i/R⌉), with suffix_i the member's head's own ℓ when the
+    profiles hold it (``head_key``), else ℓ_i(n) − ℓ_trunk(n): its whole model's minus the trunk's. A
+    measured head is preferred because the difference of two measurements of nearly the same model is
+    mostly their noise, and a group adds that noise up over its members. The group's SLO is the
+    tightest of its members'.
     """
     device_only = replace(settings, host_cores=0.0)  # the host limits the whole group, below
     trunk = scheduled_profile(profiles[prefix], device_only)
     active = [m for m in members if m.rate > 0]
     total = sum(m.rate for m in active)
     member_profiles = {m.model: scheduled_profile(profiles[m.model], device_only) for m in active}
+    heads = {
+        m.model: scheduled_profile(profiles[head_key(m.model)], device_only)
+        for m in active
+        if head_key(m.model) in profiles
+    }
     table: dict[int, float] = {}
     memory: dict[int, float] = {}
     for batch in trunk.allowed_batches:
@@ -181,8 +194,13 @@ def prefix_demand(prefix: str, members: list[Session], profiles: Mapping[str, Pr
             for member in active:
                 share = max(1, math.ceil(batch * member.rate / total - 1e-9))
                 full = member_profiles[member.model]
-                latency += max(0.0, full.batch_latency_ms(share) - trunk.batch_latency_ms(share))
-                mem += max(0.0, full.memory(share) - trunk.memory(share))
+                head = heads.get(member.model)
+                if head is not None:
+                    latency += head.batch_latency_ms(share)
+                    mem += head.memory(share)
+                else:
+                    latency += max(0.0, full.batch_latency_ms(share) - trunk.batch_latency_ms(share))
+                    mem += max(0.0, full.memory(share) - trunk.memory(share))
         except ProfileError:
             break  # a member cannot take its share of a batch this large
         table[batch] = latency
