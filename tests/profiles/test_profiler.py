@@ -108,7 +108,7 @@ def test_cached_profile_measures_once_and_reuses_the_cache(model_file: Path, mon
 
     monkeypatch.setattr(profiler_module, "measure_profile", counting)
     first = cached_profile(model_file, model_name="tiny", threads=1, batches=[1, 2], **FAST)
-    assert cache_path(model_file, 1) == model_file.parent / "cpu-1t.profile-cache.json"
+    assert cache_path(model_file, 1) == model_file.parent / "tiny.cpu-1t.profile-cache.json"
     assert cache_path(model_file, 1).is_file()
     again = cached_profile(model_file, model_name="tiny", threads=1, batches=[2], **FAST)
     assert len(calls) == 1
@@ -157,3 +157,15 @@ def test_slots_running_at_once_are_measured_together_and_cached_apart(model_file
     assert cached.device == "cpu-1tx2"
     assert cache_path(model_file, 1, 2).is_file()
     assert not cache_path(model_file, 1).exists()
+
+
+def test_two_models_in_one_directory_keep_their_own_caches(model_file: Path) -> None:
+    """A prefix group's trunk and head sit side by side; neither's cache may be read as the other's."""
+    other = model_file.with_name("head.onnx")
+    onnx.save(linear_model(), str(other))
+    assert cache_path(model_file, 1) != cache_path(other, 1)
+    assert cache_path(model_file.with_name("model.onnx"), 1).name == "cpu-1t.profile-cache.json"  # Triton's
+    cached_profile(model_file, model_name="trunk", threads=1, batches=[1, 2], **FAST)
+    cached_profile(other, model_name="head", threads=1, batches=[1, 2], **FAST)
+    assert load_profile(cache_path(model_file, 1)).model == "trunk"
+    assert load_profile(cache_path(other, 1)).model == "head"

@@ -179,8 +179,12 @@ def default_model_name(model_path: Path) -> str:
 
 
 def cache_path(model_path: Path, threads: int, concurrency: int = 1, device: Device = CPU) -> Path:
-    """Where the measured profile of ``model_path`` at ``threads`` threads is cached (beside the model)."""
-    return model_path.parent / f"{device_label(threads, concurrency, device)}.profile-cache.json"
+    """Where the measured profile of ``model_path`` at ``threads`` threads is cached (beside the model):
+    ``cpu-1t.profile-cache.json`` for a repository's ``model.*``, ``<stem>.cpu-1t.profile-cache.json`` for
+    any other file, so that models in one directory (a prefix group's trunk and head) keep their own."""
+    label = device_label(threads, concurrency, device)
+    stem = "" if model_path.stem == "model" else f"{model_path.stem}."
+    return model_path.parent / f"{stem}{label}.profile-cache.json"
 
 
 def _open_session(model_path: Path, threads: int, device: Device = CPU) -> Any:
