@@ -54,11 +54,11 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
-def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
-    """SIGTERM (a graceful shutdown) and wait; SIGKILL if it is not gone within ``timeout_s``."""
+def terminate(process: subprocess.Popen[Any], timeout_s: float, sig: int = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM: a graceful shutdown) and wait; SIGKILL if it is not gone within ``timeout_s``."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -102,7 +102,9 @@ class ServerProcess:
         return thread_cpu_s(self.process.pid)
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        terminate(self.process, timeout_s)
+        # SIGINT: stop at once (requests in flight still finish); SIGTERM would first wait out the drain
+        # delay meant for load balancers, which a benchmark or test has none of.
+        terminate(self.process, timeout_s, signal.SIGINT)
 
     def __enter__(self) -> ServerProcess:
         return self

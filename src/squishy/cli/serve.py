@@ -17,12 +17,21 @@ from squishy.control.variants import CHOICE_LOAD_MARGIN
 from squishy.errors import SquishyError
 from squishy.frontend.access import MODEL_CONTROL_MODES, TOKEN_ENVIRONMENT, RepositoryControl
 from squishy.frontend.door import DEFAULT_TARGET_MS, DoorConfig
-from squishy.frontend.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, FrontendServer
+from squishy.frontend.server import (
+    DEFAULT_GRACE_S,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    FrontendServer,
+)
 from squishy.metrics import ServerMetrics
 from squishy.runtime.core import ServingConfig, ServingCore
 from squishy.runtime.repository import DEFAULT_SLO_MS, ModelRepository
 from squishy.runtime.watchdog import HangBound
 
+# Kubernetes removes a terminating pod from its endpoints within a few seconds; Docker and systemd wait
+# 10 s (90 s) before SIGKILL, so delay and grace together stay within the shortest of them.
+DEFAULT_DRAIN_DELAY_S = 5.0
 EXECUTORS = ("auto", "onnxruntime", "torch", "tvm", "null", "null-zero")
 
 
@@ -40,6 +49,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="ADDRESS",
         help="run each slot as an actor on this Ray cluster ('auto': the one `ray start` made here; "
         "host:port: its head); slots default to its CPUs / threads per slot (docs/deploy.md)",
+    )
+    parser.add_argument(
+        "--ray-namespace",
+        default="squishy",
+        help="Ray namespace of the slots' actors: a restart on the same one takes over the running slots; "
+        "two servers on one cluster need two (default: squishy)",
     )
     parser.add_argument(
         "--executor",
@@ -113,6 +128,19 @@ def add_parser(subparsers: Any) -> None:
         default=HangBound.hang_floor_ms,
         help=f"and never before it has run this long (default {HangBound.hang_floor_ms:g} ms)",
     )
+    parser.add_argument(
+        "--drain-delay-s",
+        type=float,
+        default=DEFAULT_DRAIN_DELAY_S,
+        help="on SIGTERM, readiness turns false and the server keeps serving this long so that load "
+        f"balancers move away, before it stops accepting (default {DEFAULT_DRAIN_DELAY_S:g}; SIGINT skips it)",
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help=f"then requests in flight have this long to finish (default {DEFAULT_GRACE_S:g})",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(func=run)
 
@@ -159,7 +187,9 @@ def _ray_backends(args: argparse.Namespace) -> Any:
         from squishy.cluster.ray import RayBackends
     except ImportError as exc:
         raise SquishyError(f"--ray needs Ray ({exc.name or exc}): pip install 'squishy[ray]'") from None
-    backends = RayBackends(args.ray, slots=args.slots, threads_per_slot=args.threads_per_slot)
+    backends = RayBackends(
+        args.ray, slots=args.slots, threads_per_slot=args.threads_per_slot, namespace=args.ray_namespace
+    )
     print(
         f"squishy: {backends.layout.slots} slots of {backends.layout.threads_per_slot} thread(s) on the Ray "
         f"cluster at {args.ray}",
@@ -202,10 +232,15 @@ async def _serve(
 ) -> None:
     metrics = ServerMetrics()
     core = ServingCore(repository, config, metrics)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # stop accepting now
+    drain = asyncio.Event()  # turn unready, serve on for the drain delay, then stop
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_term() -> None:
+        (stop if drain.is_set() else drain).set()  # a second SIGTERM cuts the delay short
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_term)
     print(f"squishy: loading and profiling the models in {repository.root} ...", file=sys.stderr, flush=True)
     await core.start()
     server = FrontendServer(
@@ -216,18 +251,38 @@ async def _serve(
         metrics_port=args.metrics_port,
         metrics=metrics,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        grace_s=args.grace_s,
         control=control,
         door=door,
     )
     try:
         ports = await server.start()
         _announce(core, args.host, ports.http, ports.grpc, ports.metrics, control)
-        await stop.wait()
+        await _first(stop.wait(), drain.wait())
+        if not stop.is_set():
+            core.drain()
+            print(
+                f"squishy: SIGTERM: not ready; serving {args.drain_delay_s:g} s more while load balancers "
+                f"move away, then finishing requests in flight (up to {args.grace_s:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, args.drain_delay_s))
         print("squishy: shutting down", file=sys.stderr, flush=True)
     finally:
         with contextlib.suppress(Exception):
             await server.stop()
         await core.stop()
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _announce(
