@@ -8,6 +8,7 @@ import math
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,58 @@ async def _load_with_a_kill(
                 killed_at = loop.time() - start
             calls.append(asyncio.ensure_future(call(client)))
         return list(await asyncio.gather(*calls)), killed_at
+
+
+def test_a_restart_after_a_crash_takes_over_the_running_slots_and_a_clean_stop_ends_them(repository: Path):
+    """The serving process is killed (SIGKILL): its slots' actors keep running with their models loaded,
+    the next serving process takes them over rather than starting new ones, and its clean stop leaves no
+    actor behind."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+        cluster.wait_for_nodes()
+        arguments = ["--ray", cluster.address, "--executor", "onnxruntime"]
+        first = start_squishy(repository, arguments)
+        try:
+            pids = _actor_pids(first)
+            assert len(pids) == 2
+            first.process.kill()
+            first.process.wait(timeout=30)
+        finally:
+            first.stop()
+        with start_squishy(repository, arguments) as second:
+            log = "".join(second.output)
+            recovered = dict(re.findall(r"slot (\d+) runs on node \S+ \(\w+\), pid (\d+): recovered", log))
+            assert recovered == pids, log[-3000:]
+            assert re.search(r"slot \d kept digits 1: its actor had it loaded already", log), log[-3000:]
+            _check_digits(second)
+        ray.init(address=cluster.address, namespace="squishy", log_to_driver=False)
+        try:
+            deadline = time.monotonic() + 20.0  # a killed actor's name is released as the cluster learns of it
+            while (left := [n for n in ray.util.list_named_actors() if n.startswith("squishy-slot-")]) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.2)
+            assert left == []
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()
+
+
+def _actor_pids(server: ServerProcess) -> dict[str, str]:
+    """slot → the pid of its actor's process, as the log of the slots' first use says."""
+    return dict(re.findall(r"slot (\d+) runs on node \S+ \(\w+\), pid (\d+)", "".join(server.output)))
+
+
+def _check_digits(server: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    digits = load_digits().data[:4].astype(np.float32)
+    tensor = httpclient.InferInput("pixels", list(digits.shape), "FP32")
+    tensor.set_data_from_numpy(digits)
+    labels = client.infer("digits", [tensor]).as_numpy("label")
+    assert labels is not None and labels.shape[0] == 4

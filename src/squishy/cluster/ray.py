@@ -11,6 +11,10 @@ are not on the path.
 Each actor loads its models from ``ModelSpec.model_path``: the repository must be at the same path on
 every node (a shared volume), as it is on one machine.
 
+The actors are named (``squishy-slot-N`` in the serving namespace) and detached: when the serving process
+crashes they keep running, with their models loaded, and the next serving process on the same namespace
+takes them over instead of starting new ones. A clean stop ends them.
+
 This is the only module of squishy that imports Ray; everything else runs without it installed.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,47 +41,61 @@ from squishy.runtime.executors import Executor, ExecutorError, SlotLostError, ma
 logger = logging.getLogger(__name__)
 
 
+ACTOR_PREFIX = "squishy-slot-"  # slot N's actor is named ACTOR_PREFIX + N in the serving namespace
+
+
 class RayClusterError(SquishyError):
     """The Ray cluster cannot be reached or cannot host a slot; the message says why."""
 
 
 @dataclass(frozen=True)
 class SlotPlacement:
-    """Where one slot's actor runs."""
+    """Where one slot's actor runs, and what it holds."""
 
     slot: int
     node_id: str
     node_ip: str
+    pid: int
+    threads: int
+    loaded: int  # executors it holds: above 0 when it outlived a serving process that crashed
 
 
 class SlotActor:
     """The process behind one slot: its models' executors, each run by one call at a time (Ray runs an
     actor's calls one after another, as one worker thread drives a local slot)."""
 
-    def __init__(self, slot: int) -> None:
+    def __init__(self, slot: int, threads: int) -> None:
         self.slot = slot
-        self._executors: dict[str, Executor] = {}
+        self.threads = threads
+        self._executors: dict[str, tuple[tuple[Any, ...], Executor]] = {}
 
     def placement(self) -> SlotPlacement:
         context = ray.get_runtime_context()
-        return SlotPlacement(self.slot, context.get_node_id(), ray.util.get_node_ip_address())
+        node_ip = ray.util.get_node_ip_address()
+        return SlotPlacement(self.slot, context.get_node_id(), node_ip, os.getpid(), self.threads, len(self._executors))
 
-    def load(self, key: str, spec: ModelSpec, kind: str, threads: int, profile: Profile | None) -> None:
-        old = self._executors.pop(key, None)
-        if old is not None:
-            old.close()
-        self._executors[key] = make_executor(spec, kind, threads, profile)
+    def load(self, key: str, spec: ModelSpec, kind: str, threads: int, profile: Profile | None) -> bool:
+        """Make ``key``'s executor; one already made alike (by a serving process before a restart) is
+        kept, so a restart does not load the model again. Returns whether it was made now."""
+        identity = (spec.model_path, spec.version, kind, threads, profile)
+        held = self._executors.get(key)
+        if held is not None and held[0] == identity:
+            return False
+        if held is not None:
+            held[1].close()
+        self._executors[key] = (identity, make_executor(spec, kind, threads, profile))
+        return True
 
     def run(self, key: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        executor = self._executors.get(key)
-        if executor is None:
+        held = self._executors.get(key)
+        if held is None:
             raise ExecutorError(f"slot {self.slot} has no executor {key!r} loaded")
-        return executor.run(inputs, output_names)
+        return held[1].run(inputs, output_names)
 
     def unload(self, key: str) -> None:
-        executor = self._executors.pop(key, None)
-        if executor is not None:
-            executor.close()
+        held = self._executors.pop(key, None)
+        if held is not None:
+            held[1].close()
 
 
 class RayExecutor(Executor):
@@ -140,7 +159,18 @@ class RayBackends:
         self._actor_class = ray.remote(SlotActor)
         self._actors: dict[int, Any] = {}
         self._placements: dict[int, SlotPlacement] = {}
+        self.recovered: list[int] = []  # slots whose actor outlived the previous serving process
         self._lock = threading.Lock()
+        self._retire_surplus(count)
+
+    def _retire_surplus(self, count: int) -> None:
+        """Slot actors a previous serving process left beyond this one's slots hold CPUs nobody uses."""
+        for name in ray.util.list_named_actors():
+            index = name.removeprefix(ACTOR_PREFIX)
+            if name.startswith(ACTOR_PREFIX) and index.isdigit() and int(index) >= count:
+                with contextlib.suppress(ValueError, ray.exceptions.RayError):
+                    ray.kill(ray.get_actor(name))
+                    logger.info("retired %s, left by a previous serving process", name)
 
     def executor(self, slot: int, spec: ModelSpec, kind: str, threads: int, profile: Profile | None) -> Executor:
         """Load ``spec`` on ``slot``'s actor (started on first use) and return its executor."""
@@ -150,11 +180,13 @@ class RayBackends:
         # do not pickle.
         shipped = replace(spec, config=None, parameters=dict(spec.parameters))
         try:
-            ray.get(actor.load.remote(key, shipped, kind, threads, profile))
+            made = ray.get(actor.load.remote(key, shipped, kind, threads, profile))
         except ray.exceptions.RayActorError as exc:
             raise SlotLostError(f"model {spec.name!r}: slot {slot} is gone ({type(exc).__name__})") from None
         except ray.exceptions.RayTaskError as exc:
             raise ExecutorError(f"model {spec.name!r}: slot {slot} cannot load it: {exc.cause}") from None
+        if not made:
+            logger.info("slot %d kept %s %s: its actor had it loaded already", slot, spec.name, spec.version)
         return RayExecutor(spec, actor, key, placement)
 
     def placements(self) -> list[SlotPlacement]:
@@ -165,20 +197,40 @@ class RayBackends:
         with self._lock:
             if slot in self._actors:
                 return self._actors[slot], self._placements[slot]
-            actor = self._actor_class.options(
-                name=f"squishy-slot-{slot}",
-                num_cpus=self.layout.threads_per_slot,
-                scheduling_strategy="SPREAD",
-                max_restarts=0,
-                get_if_exists=True,
-            ).remote(slot)
-            try:
-                placement = ray.get(actor.placement.remote(), timeout=120)
-            except (ray.exceptions.RayError, TimeoutError) as exc:
-                raise RayClusterError(f"slot {slot}: its actor did not start on the cluster: {exc}") from None
+            actor, placement = self._start(slot)
+            if placement.threads != self.layout.threads_per_slot:  # left by a run with other slots: renew
+                ray.kill(actor)
+                actor, placement = self._start(slot)
+            recovered = placement.loaded > 0
+            if recovered:
+                self.recovered.append(slot)
             self._actors[slot], self._placements[slot] = actor, placement
-            logger.info("slot %d runs on node %s (%s)", slot, placement.node_ip, placement.node_id[:12])
+            logger.info(
+                "slot %d runs on node %s (%s), pid %d%s",
+                slot,
+                placement.node_ip,
+                placement.node_id[:12],
+                placement.pid,
+                f": recovered, its actor was running with {placement.loaded} model(s)" if recovered else "",
+            )
             return actor, placement
+
+    def _start(self, slot: int) -> tuple[Any, SlotPlacement]:
+        """The slot's actor: the one running under its name, or a new one. Detached, so that it outlives a
+        serving process that crashes and the next one takes it over with its models loaded; a clean stop
+        (``close``) ends it."""
+        actor = self._actor_class.options(
+            name=f"{ACTOR_PREFIX}{slot}",
+            lifetime="detached",
+            num_cpus=self.layout.threads_per_slot,
+            scheduling_strategy="SPREAD",
+            max_restarts=0,
+            get_if_exists=True,
+        ).remote(slot, self.layout.threads_per_slot)
+        try:
+            return actor, ray.get(actor.placement.remote(), timeout=120)
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            raise RayClusterError(f"slot {slot}: its actor did not start on the cluster: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
