@@ -1,6 +1,6 @@
 """squishy side by side with what users would otherwise run: Ray Serve and a plain FastAPI server.
 
-    .venv/bin/python benchmarks/bench_peers.py [--systems squishy,ray,fastapi] [--parts single,mix,fixed]
+    .venv/bin/python benchmarks/bench_peers.py [--systems squishy,ray,fastapi,squishy-ray] [--parts single,mix,fixed]
         [--duration 10] [--quick] [--json FILE]
 
 Same machine, same run, same models (squishy's example repository, built fresh), same executor
@@ -14,6 +14,11 @@ the same arrival traces (Poisson, same seed), one server at a time:
   2ℓ(b) + o ≤ SLO, wait SLO − 2ℓ(b) − o, o = Ray's own latency per model, measured first with every
   wait at 0 (p99 − ℓ(1) under a light load; ``--ray-overhead-ms 0`` gives the bare rule); replicas
   split by compute share; ``max_ongoing_requests`` 1000; Ray's documented throughput flags on.
+- **squishy-ray**: ``squishy serve --ray ADDRESS --threads-per-slot 1`` on a Ray cluster of this
+  machine (``peers.ray_cluster``: a head with no CPUs and 2 one-CPU nodes, so 2 slots, each a Ray
+  actor); the same plan, with each batch sent to its slot's actor. Its CPU and memory include the
+  cluster's processes. The fixed part also measures a bare Ray actor call on that cluster (each model's
+  batch-1 input sent, a small array back), the floor for any server that runs models in Ray actors.
 - **fastapi**: FastAPI + uvicorn (uvloop, httptools), one ORT session per model, no batching; one
   process with a FIFO pool of 2 execution threads (``--fastapi-processes 2``: two processes × 1 thread).
 
@@ -43,6 +48,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +65,7 @@ from squishy.examples import build_examples
 from squishy.runtime.repository import ModelRepository
 
 BENCHMARKS = Path(__file__).resolve().parent
-SYSTEMS = ("squishy", "ray", "fastapi")
+SYSTEMS = ("squishy", "ray", "fastapi", "squishy-ray")
 PARTS = ("single", "mix", "fixed")
 WARM_UP_S = 5.0  # light load after each start, before anything is measured
 CORES = 2  # slots × 1 thread for squishy, replicas for Ray, execution threads for FastAPI
@@ -172,6 +178,65 @@ class Running:
     url: str
     root_pid: int
     description: dict[str, Any]
+    also_pids: tuple[int, ...] = ()  # process trees counted with the server's (the Ray cluster it drives)
+
+
+@contextlib.contextmanager
+def ray_cluster(python_path: str) -> Iterator[tuple[str, int]]:
+    """A Ray cluster of CORES one-CPU nodes and a head with none, in a process of its own
+    (``peers.ray_cluster``); yields its address and that process's pid."""
+    command = [sys.executable, "-m", "peers.ray_cluster", "--nodes", str(CORES), "--cpus-per-node", "1"]
+    environment_vars = {**os.environ, **RAY_ENVIRONMENT, "PYTHONPATH": python_path}
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen(command, text=True, env=environment_vars, **pipes)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("address "):
+            raise RuntimeError(f"the Ray cluster did not start (exit {process.poll()}): {line!r}")
+        os.environ.update({k: RAY_ENVIRONMENT[k] for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")})
+        yield line.split()[1], process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def actor_call_floor_ms(address: str, prepared: Prepared, calls: int = 400) -> dict[str, float]:
+    """p50 of a bare Ray actor call on the cluster, per model: its batch-1 input sent, a small array back;
+    what any system that runs a model in a Ray actor pays at least."""
+    import numpy as np
+    import ray
+
+    from squishy.runtime.api import DATATYPES
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
+            return {"y": np.zeros(16, np.float32)}
+
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        actor = Echo.remote()
+        ray.get(actor.call.remote({}))
+        floors = {}
+        repository = ModelRepository(prepared.repository)
+        repository.load_all()
+        for spec in repository.ready_specs():
+            inputs = {t.name: np.zeros((1, *(max(d, 1) for d in t.dims)), DATATYPES[t.datatype]) for t in spec.inputs}
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                ray.get(actor.call.remote(inputs))
+                times.append(time.perf_counter() - start)
+            floors[spec.name] = 1000.0 * float(np.median(times[calls // 10 :]))
+        ray.kill(actor)
+        return floors
+    finally:
+        ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -180,15 +245,26 @@ def serving(system: str, prepared: Prepared, settings: Settings, log_dir: Path) 
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{system}-{prepared.scenario.name}-{int(time.time())}.log"
     python_path = os.pathsep.join(p for p in (str(BENCHMARKS), os.environ.get("PYTHONPATH", "")) if p)
-    if system == "squishy":
-        args = ["--slots", str(CORES), "--threads-per-slot", "1", "--log-level", "warning"]
-        server = start_squishy(prepared.repository, args)
-        try:
-            warm_up(server.http_url, prepared, settings)
-            yield Running(server.http_url, server.process.pid, {"command": "squishy serve " + " ".join(args)})
-        finally:
-            server.stop()
-            log_path.write_text("".join(server.output))
+    if system in ("squishy", "squishy-ray"):
+        args = ["--threads-per-slot", "1", "--log-level", "warning"]
+        with contextlib.ExitStack() as stack:
+            extra: dict[str, Any] = {}
+            also: tuple[int, ...] = ()
+            if system == "squishy-ray":
+                address, cluster_pid = stack.enter_context(ray_cluster(python_path))
+                extra["actor_call_floor_ms"] = actor_call_floor_ms(address, prepared)
+                args = ["--ray", address, *args]
+                also = (cluster_pid,)
+            else:
+                args = ["--slots", str(CORES), *args]
+            server = start_squishy(prepared.repository, args)
+            try:
+                warm_up(server.http_url, prepared, settings)
+                command = "squishy serve " + " ".join(args)
+                yield Running(server.http_url, server.process.pid, {"command": command, **extra}, also)
+            finally:
+                server.stop()
+                log_path.write_text("".join(server.output))
         return
     port = procs.free_port()
     calibrate = False
@@ -337,7 +413,7 @@ def _finite(value: float) -> float | None:
 def measure_search(system: str, prepared: Prepared, settings: Settings, log_dir: Path) -> dict[str, Any]:
     """Goodput at the SLO for one system on one scenario, with its resource use."""
     with serving(system, prepared, settings, log_dir) as server:
-        watcher = procs.Watcher(server.root_pid).start()
+        watcher = procs.Watcher(server.root_pid, server.also_pids).start()
         try:
             idle = _idle(watcher)
             usage_by_step: list[dict[str, Any]] = []
@@ -371,7 +447,7 @@ def measure_fixed(
     system: str, prepared: Prepared, settings: Settings, total_rate_per_s: float, log_dir: Path
 ) -> dict[str, Any]:
     with serving(system, prepared, settings, log_dir) as server:
-        watcher = procs.Watcher(server.root_pid).start()
+        watcher = procs.Watcher(server.root_pid, server.also_pids).start()
         try:
             idle = _idle(watcher)
             config = prepared.config(server.url, total_rate_per_s, settings, settings.fixed_duration_s)
@@ -505,6 +581,21 @@ def render_fixed_part(prepared: Prepared, rate: float, results: dict[str, dict[s
     lines.append("")
     lines.append(_table(rows))
     for system, r in results.items():
+        floors = r["server"].get("actor_call_floor_ms")
+        if not floors:
+            continue
+        lines.append("")
+        lines.append(f"{system}: p50 added over squishy on this machine vs a bare Ray actor call (batch-1 input), ms")
+        rows = [["model", "added p50", "actor call p50", "added − call"]]
+        for model in prepared.scenario.models:
+            ours = results.get("squishy", {}).get("run", {}).get("per_model", {}).get(model, {}).get("p50_ms")
+            theirs = r["run"]["per_model"][model]["p50_ms"]
+            added = None if ours is None or theirs is None else theirs - ours
+            floor = floors.get(model)
+            beyond = None if added is None or floor is None else added - floor
+            rows.append([model, _num(added, ".2f"), _num(floor, ".2f"), _num(beyond, ".2f")])
+        lines.append(_table(rows))
+    for system, r in results.items():
         for warning in r["run"].get("warnings", []):
             lines.append(f"{system}: {warning}")
     return "\n".join(lines)
@@ -539,7 +630,9 @@ def _overhead(text: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from squishy,ray,fastapi")
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated, from squishy,ray,fastapi,squishy-ray"
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated, from single,mix,fixed")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per search step")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each step")

@@ -114,6 +114,7 @@ class Watcher:
     """Samples a process tree's CPU time every ``interval_s`` and its memory every ``memory_every`` samples."""
 
     root: int
+    also: tuple[int, ...] = ()  # other trees counted with it (a Ray cluster the server drives)
     interval_s: float = 0.5
     memory_every: int = 4
     samples: list[Sample] = field(default_factory=list)
@@ -138,7 +139,7 @@ class Watcher:
             self._stop.wait(self.interval_s)
 
     def sample(self, *, with_memory: bool = True) -> Sample:
-        pids = descendants(self.root)
+        pids = sorted({pid for root in (self.root, *self.also) for pid in descendants(root)})
         sample = Sample(time.monotonic(), cpu_seconds(pids), processes=len(pids))
         if with_memory:
             sample.rss_bytes, sample.pss_bytes = memory_bytes(pids)
