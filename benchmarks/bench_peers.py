@@ -756,6 +756,7 @@ def main() -> None:
         # Again at the end, together: the progress lines on stderr interleave with the tables above.
         print("\n==== summary\n\n" + "\n\n".join(texts))
         if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2, default=float))
             print(f"wrote {args.json}", file=sys.stderr)
 
