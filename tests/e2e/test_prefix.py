@@ -81,9 +81,10 @@ def direct(repository: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def test_the_three_models_run_as_one_prefix_group(server: ServerProcess, repository: Path) -> None:
-    # The trunk's profile is cached beside the model's, each under its own name.
+    # The trunk's and the head's profiles are cached beside the model's, each under its own name.
     version = repository / "game-digit" / "1"
-    assert list(version.glob("prefix-features/cpu-*.profile-cache.json"))
+    assert list(version.glob("prefix-features/trunk.cpu-*.profile-cache.json"))
+    assert list(version.glob("prefix-features/head.cpu-*.profile-cache.json"))
     assert list(version.glob("cpu-*.profile-cache.json"))
     metrics = httpx.get(server.metrics_url, timeout=10).text
     grouped = re.findall(r'squishy_plan_prefix_group\{model="([^"]+)",prefix="(trunk-[0-9a-f]+)"', metrics)
