@@ -4,6 +4,7 @@ by ``tritonclient``; answers match what the models compute here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -11,6 +12,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -37,20 +39,25 @@ MODELS = ("digits", "smallcnn")
 OBJECT_STORE_BYTES = 96 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Cluster]:
-    """A head that runs no work and two nodes of one CPU each."""
+@contextlib.contextmanager
+def two_node_cluster() -> Iterator[tuple[Cluster, list[Any]]]:
+    """A head that runs no work and two nodes of one CPU each; yields the cluster and its two nodes."""
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False},
     )
     try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES) for _ in range(2)]
         cluster.wait_for_nodes()
-        yield cluster
+        yield cluster, nodes
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Cluster]:
+    with two_node_cluster() as (cluster, _):
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +115,13 @@ def test_answers_match_the_models_run_here(server: ServerProcess, repository: Pa
 def test_killing_a_node_under_load_loses_no_reply_and_the_plan_moves_to_the_survivor(repository: Path):
     """A node dies under load: each request still gets exactly one reply (a result or a clear error), the
     plan is made again for the slot left, and traffic after the loss is served."""
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False},
-    )
-    try:
-        nodes = [cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES) for _ in range(2)]
-        cluster.wait_for_nodes()
-        with start_squishy(repository, ["--ray", cluster.address, "--executor", "onnxruntime"]) as server:
-            outcomes, killed_at = asyncio.run(_load_with_a_kill(server, cluster, nodes))
-            metrics = server.metrics()
-            log = "".join(server.output)
-    finally:
-        cluster.shutdown()
+    with (
+        two_node_cluster() as (cluster, nodes),
+        start_squishy(repository, ["--ray", cluster.address, "--executor", "onnxruntime"]) as server,
+    ):
+        outcomes, killed_at = asyncio.run(_load_with_a_kill(server, cluster, nodes))
+        metrics = server.metrics()
+        log = "".join(server.output)
     statuses = [status for _, status, _ in outcomes]
     assert len(outcomes) == 600 and all(status in (200, 503) for status in statuses), set(statuses)
     assert all(message for _, status, message in outcomes if status != 200)  # every error says why
@@ -167,14 +168,7 @@ def test_a_restart_after_a_crash_takes_over_the_running_slots_and_a_clean_stop_e
     """The serving process is killed (SIGKILL): its slots' actors keep running with their models loaded,
     the next serving process takes them over rather than starting new ones, and its clean stop leaves no
     actor behind."""
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False},
-    )
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
-        cluster.wait_for_nodes()
+    with two_node_cluster() as (cluster, _):
         arguments = ["--ray", cluster.address, "--executor", "onnxruntime"]
         first = start_squishy(repository, arguments)
         try:
@@ -200,8 +194,6 @@ def test_a_restart_after_a_crash_takes_over_the_running_slots_and_a_clean_stop_e
             assert left == []
         finally:
             ray.shutdown()
-    finally:
-        cluster.shutdown()
 
 
 def _actor_pids(server: ServerProcess) -> dict[str, str]:
